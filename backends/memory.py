@@ -1,0 +1,474 @@
+"""The memory manager: places model components on the device from live memory readings.
+
+Policy (DESIGN.md, "Memory policy"): a component's need is its size plus the request's working
+memory plus a reserve. The least recently used other components are evicted until the live free
+memory covers the need. Eviction frees the device copy only (the CPU copy stays, see
+``backends.offload``); a component is dropped from RAM too when RAM is short. A component too big
+for the whole budget streams its blocks (sequential offload). An out-of-memory error during a run
+evicts everything, empties the cache and retries once in the next lower memory mode.
+
+The probe is injected so tests drive the policy with a fake one; nothing here is module state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Iterator, Protocol, TypeVar
+
+import psutil
+import torch
+from torch import nn
+
+from backends.errors import OutOfMemory, StudioError, UnknownNameError
+from backends.offload import TensorHome, module_bytes
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+GB = 1024**3
+
+#: Kept free on a CUDA device on top of each need: the CUDA context, cuBLAS/cuDNN workspaces and
+#: allocator fragmentation take 0.5-1 GB that no tensor accounts for, and the 5 % covers
+#: activation spikes that working-memory estimates miss (same order as ComfyUI/Forge reserves).
+CUDA_RESERVE_BYTES = int(0.8 * GB)
+#: The CPU "device" has no context or workspaces; only the proportional part applies.
+RESERVE_FRACTION = 0.05
+#: RAM left to the OS and the app when deciding whether an evicted copy may stay in RAM.
+RAM_MARGIN_BYTES = 1 * GB
+
+
+def format_bytes(size: float) -> str:
+    """Human-readable size for messages: GB above 1 GB, else MB."""
+    return f"{size / GB:.2f} GB" if abs(size) >= GB else f"{size / 2**20:.1f} MB"
+
+
+class Placement(str, Enum):
+    """Where a component's weights are now (the ``placement`` of ``/status``)."""
+
+    GPU = "gpu"  # resident on the compute device (on a CPU-only machine: counted against the budget)
+    CPU = "cpu"  # in RAM only, one upload away
+    DISK = "disk"  # not loaded
+    OFFLOAD = "offload"  # streaming block by block while it runs
+
+
+class MemoryMode(str, Enum):
+    """How components are placed; an OOM retries one step down the chain."""
+
+    AUTO = "auto"  # resident, LRU eviction; streams a component too big for the budget
+    GPU = "gpu"  # resident, LRU eviction; a component too big for the budget is an error
+    OFFLOAD = "offload"  # on the device only while in use (model CPU offload)
+    SEQUENTIAL = "sequential"  # always stream blocks; the least memory, the slowest
+
+    def lower(self) -> "MemoryMode | None":
+        """The next mode that needs less memory, or None at the bottom."""
+        order = {MemoryMode.AUTO: MemoryMode.OFFLOAD, MemoryMode.GPU: MemoryMode.OFFLOAD,
+                 MemoryMode.OFFLOAD: MemoryMode.SEQUENTIAL}
+        return order.get(self)
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """One live reading of device memory and RAM, in bytes."""
+
+    device_name: str
+    device_total: int
+    device_free: int
+    ram_total: int
+    ram_free: int
+
+
+class MemoryProbe(Protocol):
+    """Anything that returns a live ``MemoryReading``."""
+
+    def read(self) -> MemoryReading: ...
+
+
+class SystemProbe:
+    """Live readings: pynvml for the GPU plus torch's reserved-but-unallocated memory; psutil for RAM."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._nvml_handle: object | None = None
+        self._nvml_tried = False
+
+    def _handle(self) -> object | None:
+        if not self._nvml_tried:
+            self._nvml_tried = True
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)
+            except Exception as error:  # pynvml raises its own error family (NVMLError_*)
+                logger.warning("pynvml unavailable (%s); using torch.cuda.mem_get_info", error)
+        return self._nvml_handle
+
+    def read(self) -> MemoryReading:
+        ram = psutil.virtual_memory()
+        if self.device.type != "cuda":
+            return MemoryReading("cpu", ram.total, ram.available, ram.total, ram.available)
+        handle = self._handle()
+        if handle is not None:
+            import pynvml
+
+            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            free, total = int(info.free), int(info.total)
+        else:
+            free, total = torch.cuda.mem_get_info(self.device)
+        # Memory torch holds in its cache is free for our own next allocation.
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        name = f"{self.device} {torch.cuda.get_device_name(self.device)}"
+        return MemoryReading(name, total, free, ram.total, ram.available)
+
+
+class FakeProbe:
+    """A probe whose numbers tests set directly (attributes are plain and mutable)."""
+
+    def __init__(self, device_total: int, device_free: int | None = None,
+                 ram_total: int = 64 * GB, ram_free: int | None = None) -> None:
+        self.device_total = device_total
+        self.device_free = device_total if device_free is None else device_free
+        self.ram_total = ram_total
+        self.ram_free = ram_total if ram_free is None else ram_free
+
+    def read(self) -> MemoryReading:
+        return MemoryReading("fake", self.device_total, self.device_free, self.ram_total, self.ram_free)
+
+
+class FaultInjector:
+    """Test hook: make a named site raise, e.g. an OOM when a component is placed.
+
+    Backends call ``manager.checkpoint(site)`` at risky points; ``use(name)`` fires site ``name``.
+    Tests arm faults here instead of monkeypatching torch.
+    """
+
+    def __init__(self) -> None:
+        self._armed: dict[str, list[Callable[[], BaseException]]] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, site: str, times: int = 1, error: Callable[[], BaseException] | None = None) -> None:
+        """Raise ``error()`` (default: ``torch.OutOfMemoryError``) the next ``times`` times ``site`` fires."""
+        make = error or (lambda: torch.OutOfMemoryError(f"CUDA out of memory (injected at {site})"))
+        with self._lock:
+            self._armed.setdefault(site, []).extend([make] * times)
+
+    def fire(self, site: str) -> None:
+        with self._lock:
+            pending = self._armed.get(site)
+            make = pending.pop(0) if pending else None
+        if make is not None:
+            raise make()
+
+
+@dataclass
+class Component:
+    """One managed module."""
+
+    name: str
+    loader: Callable[[], nn.Module]
+    size: int
+    placement: Placement = Placement.DISK
+    last_used: float = 0.0  # wall clock, for /status
+    order: int = 0  # LRU order (monotonic counter, immune to clock changes)
+    in_use: int = 0
+    home: TensorHome | None = None
+    loads: int = 0  # how often it was read from disk (tests assert reuse)
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    placement: str
+    bytes: int
+    last_used: float | None
+
+
+class MemoryManager:
+    """Places registered components on one device within a budget; thread-safe."""
+
+    def __init__(self, probe: MemoryProbe, device: torch.device | str = "cpu",
+                 budget_bytes: int | None = None, reserve_bytes: int | None = None,
+                 ram_margin_bytes: int = RAM_MARGIN_BYTES) -> None:
+        """Args:
+            probe: live memory readings (``SystemProbe`` or ``FakeProbe``).
+            device: the compute device.
+            budget_bytes: ``--vram-budget``; caps device memory, on the CPU device too.
+            reserve_bytes: fixed headroom; default 0.8 GB on CUDA, 0 on CPU (see constants).
+            ram_margin_bytes: RAM kept free when deciding to keep an evicted CPU copy.
+        """
+        self.probe = probe
+        self.device = torch.device(device)
+        self.budget_bytes = budget_bytes
+        if reserve_bytes is None:
+            reserve_bytes = CUDA_RESERVE_BYTES if self.device.type == "cuda" else 0
+        self.reserve_bytes = reserve_bytes
+        self.ram_margin_bytes = ram_margin_bytes
+        self.faults = FaultInjector()
+        self._components: dict[str, Component] = {}
+        self._lock = threading.RLock()  # guards component state; held briefly
+        self._job_lock = threading.RLock()  # one job (a whole run) at a time
+        self._mode = MemoryMode.AUTO
+        self._clock = itertools.count(1)
+
+    @property
+    def mode(self) -> MemoryMode:
+        """The memory mode of the job now running (AUTO between jobs)."""
+        return self._mode
+
+    # ----- registration and readings -------------------------------------------------------
+    def register(self, name: str, loader: Callable[[], nn.Module], *, size_hint: int = 0) -> None:
+        """Declare a component; nothing is loaded until its first ``use``. Idempotent."""
+        with self._lock:
+            if name not in self._components:
+                self._components[name] = Component(name, loader, size_hint)
+
+    def reading(self) -> MemoryReading:
+        """The live reading with the budget applied to the device figures."""
+        raw = self.probe.read()
+        capacity = self._capacity(raw)
+        return MemoryReading(raw.device_name, capacity, max(self._free(raw), 0), raw.ram_total, raw.ram_free)
+
+    def statuses(self) -> list[ComponentStatus]:
+        with self._lock:
+            return [ComponentStatus(c.name, c.placement.value, c.size, c.last_used or None)
+                    for c in self._components.values()]
+
+    def component(self, name: str) -> Component:
+        with self._lock:
+            if name not in self._components:
+                known = ", ".join(sorted(self._components)) or "none loaded yet"
+                raise UnknownNameError(f"Unknown model {name!r}; known: {known}")
+            return self._components[name]
+
+    def _capacity(self, raw: MemoryReading) -> int:
+        return min(raw.device_total, self.budget_bytes) if self.budget_bytes else raw.device_total
+
+    def _resident(self) -> int:
+        return sum(c.size for c in self._components.values() if c.placement is Placement.GPU)
+
+    def _free(self, raw: MemoryReading) -> int:
+        # The live reading sees other processes; the budget is our own accounting. Trust the smaller.
+        return min(raw.device_free, self._capacity(raw) - self._resident())
+
+    def _reserve(self, raw: MemoryReading) -> int:
+        return self.reserve_bytes + int(RESERVE_FRACTION * self._capacity(raw))
+
+    # ----- running jobs --------------------------------------------------------------------
+    def run(self, fn: Callable[[], T], mode: MemoryMode | str = MemoryMode.AUTO, what: str = "the job") -> T:
+        """Run one job; on device OOM evict everything, empty the cache and retry one mode lower.
+
+        Raises:
+            OutOfMemory: the retry ran out of memory too (or there was no lower mode); every
+                component is then back in RAM, with no half-placed weights.
+        """
+        mode = MemoryMode(mode)
+        with self._job_lock:
+            try:
+                return self._with_mode(mode, fn)
+            except torch.OutOfMemoryError as first:
+                lower = mode.lower()
+                logger.warning("out of memory in %s (%s mode): %s; retrying in %s mode",
+                               what, mode.value, first, lower.value if lower else "no lower")
+                self.evict_all()
+                if lower is None:
+                    raise OutOfMemory(self._oom_message(what, [mode])) from first
+                try:
+                    return self._with_mode(lower, fn)
+                except torch.OutOfMemoryError as second:
+                    self.evict_all()
+                    raise OutOfMemory(self._oom_message(what, [mode, lower])) from second
+
+    def _with_mode(self, mode: MemoryMode, fn: Callable[[], T]) -> T:
+        previous, self._mode = self._mode, mode
+        try:
+            return fn()
+        finally:
+            self._mode = previous
+
+    def _oom_message(self, what: str, modes: list[MemoryMode]) -> str:
+        raw = self.probe.read()
+        tried = " then ".join(m.value for m in modes)
+        return (f"Out of device memory running {what} (tried {tried} mode). Budget "
+                f"{format_bytes(self._capacity(raw))}, free {format_bytes(max(self._free(raw), 0))}. "
+                "Try a smaller size or fewer images, close other GPU programs, or use a lighter "
+                "preset (lite or cpu).")
+
+    def checkpoint(self, site: str) -> None:
+        """A point where tests may inject a fault (see ``FaultInjector``)."""
+        self.faults.fire(site)
+
+    @contextlib.contextmanager
+    def use(self, name: str, working_bytes: int = 0) -> Iterator[nn.Module]:
+        """Load if needed, make room, place the component for the current mode, and yield it."""
+        comp = self.component(name)
+        with self._lock:
+            self._ensure_loaded(comp)
+            placement = self._place(comp, working_bytes)
+            comp.in_use += 1
+            self._touch(comp)
+        try:
+            self.faults.fire(name)
+            assert comp.home is not None
+            yield comp.home.module
+        finally:
+            with self._lock:
+                comp.in_use -= 1
+                self._touch(comp)
+                if placement is Placement.OFFLOAD and comp.home is not None:
+                    comp.home.to_home()
+                    comp.placement = Placement.CPU
+                elif self._mode is MemoryMode.OFFLOAD and comp.placement is Placement.GPU:
+                    self._evict(comp)
+
+    def _touch(self, comp: Component) -> None:
+        comp.last_used = time.time()
+        comp.order = next(self._clock)
+
+    # ----- placement -----------------------------------------------------------------------
+    def _ensure_loaded(self, comp: Component) -> None:
+        if comp.home is not None:
+            return
+        raw = self.probe.read()
+        freed = 0
+        while raw.ram_free + freed - self.ram_margin_bytes < comp.size:
+            dropped = self._drop_lru_from_ram(comp)
+            if not dropped:
+                logger.warning("loading %s (%.1f MB) with little free RAM", comp.name, comp.size / 2**20)
+                break
+            freed += dropped
+        started = time.perf_counter()
+        module = comp.loader()
+        size = module_bytes(module)
+        pin = self.device.type == "cuda" and raw.ram_free - self.ram_margin_bytes > 2 * size
+        comp.home = TensorHome(module, pin=pin)
+        comp.size, comp.placement, comp.loads = size, Placement.CPU, comp.loads + 1
+        logger.info("loaded %s: %.1f MB in %.2f s (pinned=%s)", comp.name, size / 2**20,
+                    time.perf_counter() - started, pin)
+
+    def _drop_lru_from_ram(self, keep: Component) -> int:
+        """Drop the least recently used idle component, RAM-only ones first; returns its bytes."""
+        idle = [c for c in self._components.values()
+                if c is not keep and c.home is not None and c.in_use == 0]
+        if not idle:
+            return 0
+        victim = min(idle, key=lambda c: (c.placement is Placement.GPU, c.order))
+        self._drop(victim)
+        return victim.size
+
+    def _place(self, comp: Component, working_bytes: int) -> Placement:
+        assert comp.home is not None
+        if comp.placement is Placement.GPU:
+            return Placement.GPU
+        raw = self.probe.read()
+        reserve = self._reserve(raw)
+        need = comp.size + working_bytes + reserve
+        others = sum(c.size for c in self._components.values()
+                     if c.placement is Placement.GPU and c is not comp)
+        reachable = min(raw.device_free + others, self._capacity(raw))
+        stream = self._mode is MemoryMode.SEQUENTIAL
+        if not stream and need > reachable:
+            if self._mode is MemoryMode.GPU:
+                raise OutOfMemory(
+                    f"{comp.name} needs {format_bytes(need)} but at most {format_bytes(reachable)} can be "
+                    "freed (memory mode gpu). Use memory_mode auto or offload, or a lighter preset.")
+            logger.info("%s (%.2f GB) does not fit %.2f GB; streaming its blocks", comp.name,
+                        need / GB, reachable / GB)
+            stream = True
+        if stream:
+            need = comp.home.largest_block_bytes() + working_bytes + reserve
+        freed = self._make_room(need, exclude=comp, raw=raw)
+        if need > min(raw.device_free + freed, self._capacity(raw) - self._resident()):
+            raise OutOfMemory(
+                f"{comp.name} needs {format_bytes(need)} even when streamed block by block, but the "
+                f"budget is {format_bytes(self._capacity(raw))}. Raise --vram-budget, free GPU memory "
+                "or use the cpu preset.")
+        started = time.perf_counter()
+        if stream:
+            comp.home.start_streaming(self.device)
+            comp.placement = Placement.OFFLOAD
+        else:
+            comp.home.to_device(self.device)
+            comp.placement = Placement.GPU
+        logger.info("placed %s on %s as %s (%.1f MB) in %.3f s", comp.name, self.device,
+                    comp.placement.value, comp.size / 2**20, time.perf_counter() - started)
+        return comp.placement
+
+    def _make_room(self, need: int, exclude: Component, raw: MemoryReading) -> int:
+        """Evict least recently used idle components until ``need`` fits; returns bytes freed."""
+        freed = 0
+        while min(raw.device_free + freed, self._capacity(raw) - self._resident()) < need:
+            candidates = [c for c in self._components.values()
+                          if c.placement is Placement.GPU and c is not exclude and c.in_use == 0]
+            if not candidates:
+                break
+            victim = min(candidates, key=lambda c: c.order)
+            freed += victim.size
+            self._evict(victim)
+        return freed
+
+    def _evict(self, comp: Component) -> None:
+        """Free the device copy; keep the CPU copy if RAM allows, else drop the component."""
+        assert comp.home is not None
+        comp.home.to_home()
+        raw = self.probe.read()
+        if raw.ram_free < self.ram_margin_bytes:
+            self._drop(comp)
+            return
+        comp.placement = Placement.CPU
+        logger.info("evicted %s (%.1f MB) to RAM", comp.name, comp.size / 2**20)
+
+    def _drop(self, comp: Component) -> None:
+        if comp.home is not None:
+            comp.home.to_home()
+        comp.home = None
+        comp.placement = Placement.DISK
+        gc.collect()
+        logger.info("dropped %s (%.1f MB) from memory", comp.name, comp.size / 2**20)
+
+    # ----- public eviction -----------------------------------------------------------------
+    def evict_all(self) -> None:
+        """Take every component off the device (after an OOM) and empty torch's cache."""
+        with self._lock:
+            for comp in self._components.values():
+                if comp.home is not None and comp.placement in (Placement.GPU, Placement.OFFLOAD):
+                    comp.home.to_home()
+                    comp.placement = Placement.CPU
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def unload(self, name: str) -> list[str]:
+        """Drop components from memory: a component name, a prefix like ``cascade``, or ``all``.
+
+        Waits for a running job to finish, so nothing is pulled from under it.
+        """
+        with self._job_lock, self._lock:
+            if name == "all":
+                chosen = list(self._components.values())
+            else:
+                chosen = [c for c in self._components.values()
+                          if c.name == name or c.name.startswith(name + ".")]
+            if not chosen:
+                known = ", ".join(["all", *sorted(self._components)])
+                raise UnknownNameError(f"Unknown model {name!r}; known: {known}")
+            for comp in chosen:
+                self._drop(comp)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            return [c.name for c in chosen]
+
+
+def parse_budget_gb(value: float | None) -> int | None:
+    """``--vram-budget`` in GB (decimal fractions allowed) to bytes; None or 0 means no cap."""
+    if value is None or value == 0:
+        return None
+    if value < 0:
+        raise StudioError(f"--vram-budget must be positive GB, got {value}")
+    return int(value * GB)

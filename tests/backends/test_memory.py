@@ -1,0 +1,224 @@
+"""Memory manager policy, driven by a fake probe and small CPU modules."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from backends.errors import OutOfMemory, UnknownNameError
+from backends.memory import GB, FakeProbe, MemoryManager, MemoryMode, parse_budget_gb
+from backends.offload import module_bytes
+
+MB = 2**20
+
+
+def linear(size_mb: float) -> nn.Module:
+    """A module of about ``size_mb`` MB in float32 (one square Linear layer)."""
+    side = int((size_mb * MB / 4) ** 0.5)
+    torch.manual_seed(0)
+    return nn.Linear(side, side, bias=False)
+
+
+def blocks(count: int, size_mb: float) -> nn.Module:
+    """``count`` layers of ``size_mb`` each: streaming needs only one of them at a time."""
+    torch.manual_seed(0)
+    return nn.Sequential(*(linear(size_mb) for _ in range(count)))
+
+
+def manager_with(budget_mb: float, sizes: dict[str, float], probe: FakeProbe | None = None) -> MemoryManager:
+    probe = probe or FakeProbe(device_total=64 * GB)
+    manager = MemoryManager(probe, "cpu", budget_bytes=int(budget_mb * MB), reserve_bytes=0)
+    for name, size in sizes.items():
+        manager.register(name, lambda size=size: linear(size))
+    return manager
+
+
+def placements(manager: MemoryManager) -> dict[str, str]:
+    return {s.name: s.placement for s in manager.statuses()}
+
+
+def touch(manager: MemoryManager, *names: str) -> None:
+    for name in names:
+        with manager.use(name) as module:
+            module(torch.ones(1, module.in_features))
+
+
+def test_registered_components_start_on_disk_and_fit_when_budget_allows() -> None:
+    manager = manager_with(100, {"a": 4, "b": 4})
+    assert placements(manager) == {"a": "disk", "b": "disk"}
+    touch(manager, "a", "b")
+    assert placements(manager) == {"a": "gpu", "b": "gpu"}
+    sizes = {s.name: s.bytes for s in manager.statuses()}
+    assert sizes["a"] == pytest.approx(4 * MB, rel=0.01)
+
+
+def test_least_recently_used_is_evicted_to_cpu() -> None:
+    # 10 MB budget minus 5 % reserve holds two 4 MB components, not three.
+    manager = manager_with(10, {"a": 4, "b": 4, "c": 4})
+    touch(manager, "a", "b", "c")
+    assert placements(manager) == {"a": "cpu", "b": "gpu", "c": "gpu"}
+    touch(manager, "b", "a")  # b is now more recent than c, so c goes
+    assert placements(manager) == {"a": "gpu", "b": "gpu", "c": "cpu"}
+    assert manager.component("c").loads == 1  # evicted copies are reused, not reloaded
+
+
+def test_working_memory_counts_towards_the_need() -> None:
+    manager = manager_with(10, {"a": 4, "b": 4})
+    touch(manager, "a")
+    with manager.use("b", working_bytes=3 * MB):
+        assert placements(manager)["a"] == "cpu"
+
+
+def test_live_free_memory_below_budget_forces_eviction() -> None:
+    probe = FakeProbe(device_total=64 * GB)
+    manager = manager_with(100, {"a": 4, "b": 4, "c": 4}, probe)
+    touch(manager, "a", "b")
+    # Another process grabs memory: the live reading (which includes our own residents) drops to
+    # 2 MB. c needs 4 MB + a 5 MB reserve, so both a and b must go although the budget has room.
+    probe.device_free = 2 * MB
+    touch(manager, "c")
+    assert placements(manager) == {"a": "cpu", "b": "cpu", "c": "gpu"}
+
+
+def test_evicted_component_is_dropped_when_ram_is_short() -> None:
+    probe = FakeProbe(device_total=64 * GB)
+    manager = manager_with(10, {"a": 4, "b": 4}, probe)
+
+    def load_c_filling_ram() -> nn.Module:
+        probe.ram_free = manager.ram_margin_bytes // 2  # loading c used up the RAM
+        return linear(4)
+
+    manager.register("c", load_c_filling_ram)
+    touch(manager, "a", "b", "c")
+    assert placements(manager) == {"a": "disk", "b": "gpu", "c": "gpu"}
+    probe.ram_free = 32 * GB
+    touch(manager, "a")
+    assert manager.component("a").loads == 2
+
+
+def test_component_too_big_alone_runs_in_offload_mode_and_computes_the_same() -> None:
+    manager = manager_with(3, {})
+    manager.register("big", lambda: blocks(4, 1))
+    reference = blocks(4, 1)
+    x = torch.randn(2, reference[0].in_features)
+    with manager.use("big") as module:
+        assert placements(manager)["big"] == "offload"
+        assert manager.component("big").home.streaming
+        assert torch.equal(module(x), reference(x))
+    assert placements(manager)["big"] == "cpu"
+    assert not manager.component("big").home.streaming
+
+
+def test_component_too_big_even_streamed_fails_with_the_numbers() -> None:
+    manager = manager_with(1, {"big": 4})
+    with pytest.raises(OutOfMemory, match=r"big needs 4\.\d MB even when streamed .*budget is 1\.0 MB"):
+        with manager.use("big"):
+            pass
+
+
+def test_gpu_mode_refuses_to_stream() -> None:
+    manager = manager_with(3, {"big": 4})
+    with pytest.raises(OutOfMemory, match="memory mode gpu"):
+        manager.run(lambda: touch(manager, "big"), mode="gpu")
+
+
+def test_offload_mode_returns_each_component_to_ram_after_use() -> None:
+    manager = manager_with(100, {"a": 4, "b": 4})
+    manager.run(lambda: touch(manager, "a", "b"), mode=MemoryMode.OFFLOAD)
+    assert placements(manager) == {"a": "cpu", "b": "cpu"}
+
+
+def test_oom_during_a_run_retries_once_in_the_next_lower_mode() -> None:
+    manager = manager_with(100, {"a": 4, "b": 4})
+    touch(manager, "b")
+    manager.faults.arm("a", times=1)
+    modes: list[MemoryMode] = []
+
+    def job() -> str:
+        modes.append(manager.mode)
+        touch(manager, "a")
+        return "done"
+
+    assert manager.run(job, mode="auto") == "done"
+    assert modes == [MemoryMode.AUTO, MemoryMode.OFFLOAD]
+    assert placements(manager)["b"] == "cpu"  # the retry evicted the others
+    assert manager.mode is MemoryMode.AUTO
+
+
+def test_second_oom_gives_a_clear_error_and_leaves_nothing_half_placed() -> None:
+    manager = manager_with(100, {"a": 4, "b": 4})
+    manager.faults.arm("a", times=2)
+    with pytest.raises(OutOfMemory, match="tried auto then offload mode"):
+        manager.run(lambda: touch(manager, "b", "a"), mode="auto", what="test job")
+    for comp in (manager.component("a"), manager.component("b")):
+        assert comp.placement.value in ("cpu", "disk")
+        assert comp.in_use == 0
+        assert comp.home is None or not comp.home.streaming
+    assert manager.run(lambda: touch(manager, "a") or "ok") == "ok"  # still serving
+
+
+def test_two_threads_at_once_run_one_job_at_a_time() -> None:
+    manager = manager_with(10, {"a": 4, "b": 4, "c": 4})
+    active = 0
+    peak = 0
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def job(names: tuple[str, ...]) -> None:
+        nonlocal active, peak
+        with guard:
+            active += 1
+            peak = max(peak, active)
+        try:
+            touch(manager, *names)
+            time.sleep(0.01)
+        finally:
+            with guard:
+                active -= 1
+
+    def worker(names: tuple[str, ...]) -> None:
+        try:
+            for _ in range(10):
+                manager.run(lambda: job(names))
+                manager.statuses()  # readers never block on a job
+        except BaseException as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (("a", "b"), ("c", "a"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors
+    assert peak == 1
+    resident = sum(s.bytes for s in manager.statuses() if s.placement == "gpu")
+    assert resident <= 10 * MB
+
+
+def test_unload_by_name_family_and_all() -> None:
+    manager = manager_with(100, {"fam.a": 1, "fam.b": 1, "other": 1})
+    touch(manager, "fam.a", "fam.b", "other")
+    assert manager.unload("fam.a") == ["fam.a"]
+    assert placements(manager)["fam.a"] == "disk"
+    assert sorted(manager.unload("fam")) == ["fam.a", "fam.b"]
+    manager.unload("all")
+    assert set(placements(manager).values()) == {"disk"}
+    with pytest.raises(UnknownNameError, match="known: all, fam.a, fam.b, other"):
+        manager.unload("nope")
+
+
+def test_reading_applies_the_budget_to_the_cpu_device() -> None:
+    manager = manager_with(10, {"a": 4})
+    touch(manager, "a")
+    reading = manager.reading()
+    assert reading.device_total == 10 * MB
+    assert reading.device_free == 10 * MB - module_bytes(manager.component("a").home.module)
+
+
+def test_budget_parsing() -> None:
+    assert parse_budget_gb(None) is None
+    assert parse_budget_gb(0.5) == GB // 2
