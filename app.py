@@ -1,0 +1,194 @@
+"""Cascade Studio: Stability AI's open models on your own GPU, in one local web app.
+
+Entry point only: parse the flags (each also readable from a ``STUDIO_<FLAG>`` environment
+variable), build the Studio, build the UI from the tab modules, launch. Importing this module
+loads no model and touches no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import ipaddress
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+logger = logging.getLogger("cascade_studio")
+
+DESCRIPTION = "Stable Cascade, Stable Video Diffusion, SV3D and StableLM on your own GPU."
+ALL_TABS = ("image", "variation", "video", "orbit", "chat", "system")
+#: Tabs this version ships; the others are named in the contract and arrive with later releases.
+BUILT_TABS = ("image", "system")
+TAB_TITLES = {"image": "Image", "variation": "Variation / img2img", "video": "Video",
+              "orbit": "3D orbit", "chat": "Chat", "system": "System"}
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+#: Uploads above this are refused before they reach a handler (LAN users share one machine).
+MAX_UPLOAD = "25mb"
+
+
+def _env_flag(environ: Mapping[str, str], name: str, parser: argparse.ArgumentParser) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value not in TRUE + FALSE:
+        parser.error(f"environment variable {name}={value!r}: use 1/0, true/false, yes/no or on/off")
+    return value in TRUE
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command line of DESIGN.md; each default comes from ``STUDIO_<FLAG>`` when set."""
+    parser = argparse.ArgumentParser(prog="app.py", description=DESCRIPTION)
+    env = environ.get
+    parser.add_argument("--preset", default=env("STUDIO_PRESET", "auto"),
+                        help="lite, bf16, full, cpu, tiny, a name in presets/user/, or auto (default: from VRAM)")
+    parser.add_argument("--listen", action="store_true", default=_env_flag(environ, "STUDIO_LISTEN", parser),
+                        help="serve on 0.0.0.0 for the LAN (auth required)")
+    parser.add_argument("--host", default=env("STUDIO_HOST"), help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=int(env("STUDIO_PORT")) if env("STUDIO_PORT") else None,
+                        help="port (default 7860 or the next free one)")
+    parser.add_argument("--auth", action="append", metavar="USER:PASS",
+                        default=[a for a in env("STUDIO_AUTH", "").split(",") if a],
+                        help="login; may be repeated (env: comma-separated)")
+    parser.add_argument("--auth-file", type=Path, default=env("STUDIO_AUTH_FILE"),
+                        help="file with one user:pass per line")
+    parser.add_argument("--no-auth", action="store_true", default=_env_flag(environ, "STUDIO_NO_AUTH", parser),
+                        help="explicitly allow --listen without a login")
+    parser.add_argument("--share", action="store_true", default=_env_flag(environ, "STUDIO_SHARE", parser),
+                        help="create a Gradio share link (needs the internet)")
+    parser.add_argument("--vram-budget", type=float, metavar="GB",
+                        default=float(env("STUDIO_VRAM_BUDGET")) if env("STUDIO_VRAM_BUDGET") else None,
+                        help="use at most this much device memory (also caps the CPU device)")
+    parser.add_argument("--models-dir", type=Path, default=env("STUDIO_MODELS_DIR"),
+                        help="hub cache folder (default: HF_HOME / HF_HUB_CACHE rules)")
+    parser.add_argument("--outputs", type=Path, default=Path(env("STUDIO_OUTPUTS", "outputs")),
+                        help="where results are saved (default ./outputs)")
+    parser.add_argument("--offline", action="store_true", default=_env_flag(environ, "STUDIO_OFFLINE", parser),
+                        help="never contact the hub (on automatically with --preset tiny)")
+    parser.add_argument("--tabs", default=env("STUDIO_TABS", ",".join(ALL_TABS)),
+                        help=f"comma-separated subset of {','.join(ALL_TABS)}")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags; errors name the flag and exit like argparse does."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    wanted = [t.strip() for t in args.tabs.split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in ALL_TABS]
+    if unknown or not wanted:
+        parser.error(f"--tabs: unknown {', '.join(unknown) or 'empty list'}; choose from {','.join(ALL_TABS)}")
+    args.tabs = [t for t in ALL_TABS if t in wanted and t in BUILT_TABS]
+    if not args.tabs:
+        parser.error(f"--tabs: none of {','.join(wanted)} is in this version yet; available: {','.join(BUILT_TABS)}")
+    if args.vram_budget is not None and args.vram_budget <= 0:
+        parser.error(f"--vram-budget: must be a positive number of GB, got {args.vram_budget}")
+    args.auth_pairs = _auth_pairs(args, parser)
+    if args.host is None:
+        args.host = "0.0.0.0" if args.listen else "127.0.0.1"
+    return args
+
+
+def _auth_pairs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    lines = list(args.auth or [])
+    if args.auth_file is not None:
+        try:
+            lines += [ln.strip() for ln in args.auth_file.read_text(encoding="utf-8").splitlines()
+                      if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as error:
+            parser.error(f"--auth-file: cannot read {args.auth_file}: {error.strerror}")
+    pairs = []
+    for line in lines:
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            parser.error(f"--auth: expected USER:PASS, got {line!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+def _exposed(host: str) -> bool:
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
+def resolve_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """Logins for launch(); never None when the app is reachable from the LAN, unless --no-auth."""
+    if args.auth_pairs:
+        return args.auth_pairs
+    if not _exposed(args.host) or args.no_auth:
+        if args.no_auth and _exposed(args.host):
+            logger.warning("serving on %s WITHOUT a login (--no-auth): anyone on the network can use it", args.host)
+        return None
+    password = secrets.token_urlsafe(12)
+    logger.warning("LAN access needs a login. User: studio  Password: %s  (set your own with --auth USER:PASS)",
+                   password)
+    return [("studio", password)]
+
+
+def cache_dir(models_dir: Path | None) -> Path:
+    """Where tiny models and converted weights go: beside the hub cache."""
+    if models_dir is not None:
+        return Path(models_dir) / "cascade-studio"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cascade-studio"
+
+
+def build_studio(args: argparse.Namespace) -> Any:
+    from backends.memory import parse_budget_gb
+    from backends.studio import Studio, StudioConfig
+
+    config = StudioConfig(preset=args.preset, vram_budget_bytes=parse_budget_gb(args.vram_budget),
+                          models_dir=args.models_dir, outputs_dir=args.outputs,
+                          cache_dir=cache_dir(args.models_dir), offline=args.offline)
+    return Studio(config)
+
+
+def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
+    """The whole app as ``gr.Blocks``: a header, one tab per module, and the API-only endpoints."""
+    import gradio as gr
+
+    from tabs import system
+
+    preset = studio.preset
+    with gr.Blocks(title="Cascade Studio") as demo:
+        gr.Markdown(f"# Cascade Studio\n{DESCRIPTION} Preset **{preset.name}**: "
+                    f"{preset.settings.description}. Stable Cascade weights are licensed for "
+                    "non-commercial use.")
+        with gr.Tabs():
+            for name in tabs:
+                with gr.Tab(TAB_TITLES[name], id=name):
+                    importlib.import_module(f"tabs.{name}").build(studio)
+        system.register_api(studio)
+    return demo
+
+
+def launch(args: argparse.Namespace, prevent_thread_lock: bool = False) -> tuple[Any, str]:
+    """Build and start the app; returns the Blocks and the local URL."""
+    studio = build_studio(args)
+    demo = build_ui(studio, args.tabs)
+    demo.queue(default_concurrency_limit=4)
+    auth = resolve_auth(args)
+    _, local_url, share_url = demo.launch(
+        server_name=args.host, server_port=args.port, auth=auth, share=args.share,
+        allowed_paths=[str(Path(args.outputs).resolve())], max_file_size=MAX_UPLOAD,
+        prevent_thread_lock=True, quiet=True,
+        auth_message="Cascade Studio: log in with the user and password from the console or --auth.")
+    logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return demo, local_url
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point."""
+    logging.basicConfig(level=os.environ.get("STUDIO_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = parse_args(argv)
+    launch(args)
+
+
+if __name__ == "__main__":
+    main()

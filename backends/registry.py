@@ -1,0 +1,131 @@
+"""The backend registry: backend specs as data, name -> lazily imported backend, one ``run``.
+
+Tabs only ever call ``Registry.run(task, request, progress)``. The registry finds the backend
+that serves the task, constructs it on first use (importing its module then, so start-up costs
+nothing), and runs it under the memory manager, which owns placement and the OOM retry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from backends.errors import UnknownNameError
+from backends.loading import LoadContext
+from backends.memory import MemoryManager
+from backends.progress import ProgressFn
+from backends.settings import PresetSettings
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What every model-family module provides (see ``backends/cascade.py``)."""
+
+    name: str
+    tasks: tuple[str, ...]
+
+    def run(self, task: str, request: Any, progress: ProgressFn) -> Any: ...
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One model family, declared as data; the weights' sources come from the preset section."""
+
+    #: Registry name, also the prefix of its component names in ``/status`` (``cascade.prior``).
+    name: str
+    #: Human name for the UI and messages.
+    family: str
+    #: Tasks it serves; each task belongs to exactly one backend.
+    tasks: tuple[str, ...]
+    #: ``module:Class`` imported on first use, constructed as ``Class(settings, manager, ctx)``.
+    factory: str
+    #: Attribute of ``PresetSettings`` holding this backend's settings.
+    settings_key: str
+    #: License of the released weights, shown in the UI and the README.
+    license: str
+    license_url: str
+    #: Parameter counts (millions) by repo subfolder, for size estimates before anything loads
+    #: (from diffusers' conversion configs, see NOTES.md).
+    params_m: dict[str, float] = field(default_factory=dict)
+
+
+BACKENDS: tuple[BackendSpec, ...] = (
+    BackendSpec(
+        name="cascade",
+        family="Stable Cascade",
+        tasks=("text_to_image",),
+        factory="backends.cascade:CascadeBackend",
+        settings_key="cascade",
+        license="stable-cascade-nc-community (non-commercial)",
+        license_url="https://huggingface.co/stabilityai/stable-cascade/blob/main/LICENSE",
+        params_m={"prior": 3589.1, "prior_lite": 1030.8, "decoder": 1562.9, "decoder_lite": 699.5,
+                  "text_encoder": 632.1, "vqgan": 18.4},
+    ),
+)
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class Registry:
+    """Maps task and backend names to lazily built backends and runs them under the manager."""
+
+    def __init__(self, preset: PresetSettings, manager: MemoryManager, ctx: LoadContext,
+                 specs: tuple[BackendSpec, ...] = BACKENDS) -> None:
+        self.preset = preset
+        self.manager = manager
+        self.ctx = ctx
+        self.specs = {spec.name: spec for spec in specs}
+        self._backends: dict[str, Backend] = {}
+        self._lock = threading.Lock()
+
+    def spec(self, name: str) -> BackendSpec:
+        if name not in self.specs:
+            raise UnknownNameError(f"Unknown backend {name!r}; known: {', '.join(self.specs)}")
+        return self.specs[name]
+
+    def tasks(self) -> list[str]:
+        return [task for spec in self.specs.values() for task in spec.tasks]
+
+    def spec_for_task(self, task: str) -> BackendSpec:
+        for spec in self.specs.values():
+            if task in spec.tasks:
+                return spec
+        raise UnknownNameError(f"Unknown task {task!r}; known: {', '.join(self.tasks())}")
+
+    def settings(self, name: str) -> Any:
+        """The preset section of backend ``name``."""
+        return getattr(self.preset, self.spec(name).settings_key)
+
+    def backend(self, name: str) -> Backend:
+        """The backend object, imported and constructed on first use (loads no weights)."""
+        spec = self.spec(name)
+        with self._lock:
+            if name not in self._backends:
+                module_name, class_name = spec.factory.split(":")
+                cls = getattr(importlib.import_module(module_name), class_name)
+                self._backends[name] = cls(self.settings(name), self.manager, self.ctx)
+                logger.info("backend %s ready (%s)", name, spec.family)
+            return self._backends[name]
+
+    def run(self, task: str, request: Any, progress: ProgressFn) -> Any:
+        """Run ``task`` on its backend; OOM is retried once one memory mode lower by the manager."""
+        spec = self.spec_for_task(task)
+        backend = self.backend(spec.name)
+        mode = self.settings(spec.name).memory_mode
+        return self.manager.run(lambda: backend.run(task, request, progress), mode=mode,
+                                what=f"{spec.family} {task.replace('_', '-')}")
+
+    def size_estimate(self, name: str) -> int:
+        """Bytes of the backend's weights in the preset's dtype, before anything is loaded."""
+        spec = self.spec(name)
+        settings = self.settings(name)
+        per_param = DTYPE_BYTES[settings.dtype]
+        total = 0.0
+        for value in vars(settings).values():
+            subfolder = getattr(value, "subfolder", None)
+            total += spec.params_m.get(subfolder or "", 0.0) * 1e6 * per_param
+        return int(total)

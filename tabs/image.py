@@ -1,0 +1,135 @@
+"""Image tab: Stable Cascade text-to-image.
+
+The ``/generate_image`` event takes exactly DESIGN.md's inputs, in order. Numeric inputs are plain
+``gr.Number`` fields: Gradio's own range checks (on sliders, or numbers with bounds) reject bad
+values with a message that does not name the field, so ours do the checking instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import gradio as gr
+
+from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
+from backends.studio import Studio
+from tabs.common import GPU_QUEUE, gradio_progress, session_of, user_errors
+
+logger = logging.getLogger(__name__)
+
+ASPECTS = {"1:1": 1.0, "4:3": 4 / 3, "3:4": 3 / 4, "3:2": 3 / 2, "2:3": 2 / 3, "16:9": 16 / 9,
+           "9:16": 9 / 16, "21:9": 21 / 9}
+
+
+def aspect_size(ratio: float, base: int) -> tuple[int, int]:
+    """Width and height near ``base``² pixels with this aspect, in multiples of 128."""
+
+    def snap(value: float) -> int:
+        return int(min(max(round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE, MIN_SIZE), MAX_SIZE))
+
+    return snap(base * math.sqrt(ratio)), snap(base / math.sqrt(ratio))
+
+
+def aspect_choices(base: int) -> list[str]:
+    return [f"{name} ({w}×{h})" for name, ratio in ASPECTS.items() for w, h in [aspect_size(ratio, base)]]
+
+
+def generate(studio: Studio, inputs: list[Any], request: gr.Request | None,
+             progress: gr.Progress) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """Validate, run text-to-image through the registry, save atomically, return gallery + info."""
+    session = session_of(request)
+
+    def work() -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        req = TextToImageRequest.build(*inputs)
+        control = studio.start_job(session)
+        try:
+            result = studio.registry.run("text_to_image", req, control.wrap(gradio_progress(progress)))
+        finally:
+            studio.finish_job(session, control)
+        info = {**result.info, "seed": req.seed, "preset": studio.preset.name}
+        paths = studio.outputs.save_images(result.images, {**req.as_dict(), **info})
+        info["files"] = [str(p) for p in paths]
+        return [(str(p), f"seed {req.seed} #{i + 1}") for i, p in enumerate(paths)], info
+
+    return user_errors("Image generation", work)
+
+
+def recent_images(studio: Studio) -> list[str]:
+    return [str(p) for p in studio.outputs.recent(limit=12)]
+
+
+def build(studio: Studio) -> None:
+    """Build the tab's components and wire its events (call inside a ``gr.Blocks``)."""
+    defaults = studio.preset.settings.cascade.defaults
+    base = defaults.width
+    choices = aspect_choices(base)
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A lighthouse on a cliff at dawn, oil painting")
+            negative = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt, lines=1)
+            aspect = gr.Radio(choices, value=choices[0], label="Aspect ratio")
+            with gr.Accordion("Advanced", open=False):
+                with gr.Row():
+                    width = gr.Number(value=defaults.width, label="Width", info=f"{MIN_SIZE}–{MAX_SIZE}, multiple of {SIZE_MULTIPLE}")
+                    height = gr.Number(value=defaults.height, label="Height", info=f"{MIN_SIZE}–{MAX_SIZE}, multiple of {SIZE_MULTIPLE}")
+                    num_images = gr.Number(value=defaults.num_images, label="Images", info="1–4")
+                with gr.Row():
+                    prior_steps = gr.Number(value=defaults.prior_steps, label="Stage C steps", info="1–100")
+                    decoder_steps = gr.Number(value=defaults.decoder_steps, label="Stage B steps", info="1–50")
+                with gr.Row():
+                    prior_guidance = gr.Number(value=defaults.prior_guidance, label="Stage C guidance", info="0–20")
+                    decoder_guidance = gr.Number(value=defaults.decoder_guidance, label="Stage B guidance", info="0–20; 0 is fastest")
+            with gr.Row():
+                seed = gr.Number(value=-1, label="Seed", info="-1 picks a random seed", scale=3)
+                random_seed = gr.Button("🎲 Random", scale=1, size="sm")
+                reuse_seed = gr.Button("♻️ Reuse last", scale=1, size="sm")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="image-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="image-stop")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Result", columns=2, height=512, elem_id="image-gallery",
+                                 format="png")
+            info = gr.JSON(label="Info (seed used, timings, preset, model)")
+    with gr.Accordion("Recent outputs", open=False):
+        # A callable value is evaluated on every page load, so the history is fresh after a restart.
+        history = gr.Gallery(value=lambda: recent_images(studio), label="Recent", columns=6,
+                             height=240, show_label=False)
+    last_seed = gr.State(value=None)
+
+    def on_aspect(choice: str) -> tuple[int, int]:
+        name = choice.split(" ")[0]
+        return aspect_size(ASPECTS.get(name, 1.0), base)
+
+    aspect.change(on_aspect, aspect, [width, height], api_visibility="private", queue=False)
+    random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
+    reuse_seed.click(lambda last: -1 if last is None else last, last_seed, seed,
+                     api_visibility="private", queue=False)
+
+    inputs = [prompt, negative, width, height, prior_steps, decoder_steps, prior_guidance,
+              decoder_guidance, num_images, seed]
+
+    def handler(p: Any, n: Any, w: Any, h: Any, ps: Any, ds: Any, pg: Any, dg: Any, k: Any, s: Any,
+                request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
+        return generate(studio, [p, n, w, h, ps, ds, pg, dg, k, s], request, progress)
+
+    event = run.click(handler, inputs, [gallery, info], api_name="generate_image", **GPU_QUEUE)
+    event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
+    event.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
+
+    def on_stop(request: gr.Request) -> None:
+        if studio.stop_job(session_of(request)):
+            gr.Info("Stopping after the current step…")
+
+    stop.click(on_stop, None, None, cancels=[event], api_visibility="private", queue=False)
+
+
+def demo(studio: Studio) -> gr.Blocks:
+    """Launch this tab alone for a quick look: ``build(studio)`` inside its own Blocks."""
+    with gr.Blocks(title="Image") as blocks:
+        build(studio)
+    return blocks
+
+
+__all__ = ["build", "demo", "aspect_size"]

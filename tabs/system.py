@@ -1,0 +1,80 @@
+"""System tab: device, live VRAM and RAM, each component's placement and size, unload buttons.
+
+``/status`` and ``/unload`` are registered by ``register_api`` whether or not the tab is shown
+(``--tabs`` may leave it out), because scripts rely on them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import gradio as gr
+
+from backends.memory import format_bytes
+from backends.studio import Studio
+from tabs.common import GPU_QUEUE, user_errors
+
+REFRESH_SECONDS = 2.0
+
+
+def register_api(studio: Studio) -> None:
+    """Add the ``/status`` and ``/unload`` endpoints (call inside a ``gr.Blocks``)."""
+
+    def status() -> dict:
+        """Device, live memory (budget applied), preset and every component's placement."""
+        return user_errors("Status", studio.status)
+
+    def unload(name: str) -> dict:
+        """Drop a component (``cascade.prior``), a backend (``cascade``) or ``all`` from memory."""
+        if not isinstance(name, str) or not name.strip():
+            raise gr.Error("name: give a model name from /status, a backend name or 'all'")
+        return user_errors("Unload", lambda: studio.unload(name))
+
+    gr.api(status, api_name="status", concurrency_limit=None)
+    gr.api(unload, api_name="unload", **GPU_QUEUE)
+
+
+def _summary(status: dict[str, Any]) -> str:
+    budget = f" (budget {format_bytes(status['budget'])})" if status.get("budget") else ""
+    return (f"**Device:** {status['device']} · **Preset:** {status['preset']}\n\n"
+            f"**VRAM:** {format_bytes(status['vram_free'])} free of {format_bytes(status['vram_total'])}{budget} · "
+            f"**RAM:** {format_bytes(status['ram_free'])} free of {format_bytes(status['ram_total'])}")
+
+
+def _rows(status: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for model in status["models"]:
+        used = model["last_used"]
+        when = dt.datetime.fromtimestamp(used).strftime("%H:%M:%S") if used else "never"
+        rows.append([model["name"], model["placement"], format_bytes(model["bytes"]), when])
+    return rows
+
+
+def build(studio: Studio) -> None:
+    """Build the tab (call inside a ``gr.Blocks``); refreshes itself every few seconds."""
+    # Callable values are evaluated at each page load, so the tab is filled before the first tick.
+    summary = gr.Markdown(value=lambda: _summary(studio.status()), elem_id="system-summary")
+    table = gr.Dataframe(value=lambda: _rows(studio.status()), headers=["component", "placement", "size", "last used"],
+                         datatype=["str", "str", "str", "str"], interactive=False,
+                         label="Loaded components", elem_id="system-components")
+    with gr.Row():
+        choice = gr.Dropdown(label="Component", choices=["all"], value="all", allow_custom_value=False)
+        unload_one = gr.Button("Unload", variant="secondary")
+        unload_all = gr.Button("Unload all", variant="stop")
+    timer = gr.Timer(REFRESH_SECONDS)
+
+    def refresh() -> tuple[str, list[list[Any]], Any]:
+        status = studio.status()
+        names = ["all", *sorted({m["name"].split(".")[0] for m in status["models"]}),
+                 *[m["name"] for m in status["models"]]]
+        return _summary(status), _rows(status), gr.Dropdown(choices=names)
+
+    def do_unload(name: str) -> tuple[str, list[list[Any]], Any]:
+        user_errors("Unload", lambda: studio.unload(name or "all"))
+        return refresh()
+
+    outputs = [summary, table, choice]
+    timer.tick(refresh, None, outputs, api_visibility="private", queue=False)
+    unload_one.click(do_unload, choice, outputs, api_visibility="private", **GPU_QUEUE)
+    unload_all.click(lambda: do_unload("all"), None, outputs, api_visibility="private", **GPU_QUEUE)
