@@ -305,12 +305,20 @@ class MemoryManager:
         self.faults.fire(site)
 
     @contextlib.contextmanager
-    def use(self, name: str, working_bytes: int = 0) -> Iterator[nn.Module]:
-        """Load if needed, make room, place the component for the current mode, and yield it."""
+    def use(self, name: str, working_bytes: int | Callable[[nn.Module], int] = 0) -> Iterator[nn.Module]:
+        """Load if needed, make room, place the component for the current mode, and yield it.
+
+        Args:
+            name: a registered component.
+            working_bytes: activation memory this use needs on top of the weights, or a function
+                of the loaded (CPU) module that computes it, so estimates can read its config.
+        """
         comp = self.component(name)
         with self._lock:
             self._ensure_loaded(comp)
-            placement = self._place(comp, working_bytes)
+            assert comp.home is not None
+            working = working_bytes(comp.home.module) if callable(working_bytes) else working_bytes
+            placement = self._place(comp, working)
             comp.in_use += 1
             self._touch(comp)
         try:

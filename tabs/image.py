@@ -83,8 +83,8 @@ def build(studio: Studio) -> None:
                     decoder_guidance = gr.Number(value=defaults.decoder_guidance, label="Stage B guidance", info="0–20; 0 is fastest")
             with gr.Row():
                 seed = gr.Number(value=-1, label="Seed", info="-1 picks a random seed", scale=3)
-                random_seed = gr.Button("🎲 Random", scale=1, size="sm")
-                reuse_seed = gr.Button("♻️ Reuse last", scale=1, size="sm")
+                random_seed = gr.Button("Random", scale=1, size="sm")
+                reuse_seed = gr.Button("Reuse last", scale=1, size="sm")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="image-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="image-stop")

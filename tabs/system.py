@@ -38,7 +38,7 @@ def register_api(studio: Studio) -> None:
 def _summary(status: dict[str, Any]) -> str:
     budget = f" (budget {format_bytes(status['budget'])})" if status.get("budget") else ""
     return (f"**Device:** {status['device']} · **Preset:** {status['preset']}\n\n"
-            f"**VRAM:** {format_bytes(status['vram_free'])} free of {format_bytes(status['vram_total'])}{budget} · "
+            f"**{'VRAM' if status['device'] != 'cpu' else 'Device memory (CPU)'}:** {format_bytes(status['vram_free'])} free of {format_bytes(status['vram_total'])}{budget} · "
             f"**RAM:** {format_bytes(status['ram_free'])} free of {format_bytes(status['ram_total'])}")
 
 

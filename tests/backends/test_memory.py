@@ -73,6 +73,13 @@ def test_working_memory_counts_towards_the_need() -> None:
         assert placements(manager)["a"] == "cpu"
 
 
+def test_working_memory_may_be_computed_from_the_loaded_module() -> None:
+    manager = manager_with(10, {"a": 4, "b": 4})
+    touch(manager, "a")
+    with manager.use("b", working_bytes=lambda module: module.in_features * 3 * 1024):
+        assert placements(manager)["a"] == "cpu"  # 1024 features x 3 KB = 3 MB pushes a out
+
+
 def test_live_free_memory_below_budget_forces_eviction() -> None:
     probe = FakeProbe(device_total=64 * GB)
     manager = manager_with(100, {"a": 4, "b": 4, "c": 4}, probe)
