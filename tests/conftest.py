@@ -59,3 +59,39 @@ def launch_app(models_dir: Path, tmp_path: Path) -> Iterator[Callable[..., str]]
     yield start
     for demo in started:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def tight_budget_bytes(tiny_cache: Path) -> int:
+    """A ``--vram-budget`` (bytes) where the tiny decoder fits alone but not beside the prior.
+
+    Computed from the real tiny components and the backend's own working-memory estimates for
+    the default test request (256², 3 + 2 steps, prior guidance 4, one image), so it follows any
+    change to either.
+    """
+    import json
+
+    import torch
+    from diffusers.models import StableCascadeUNet
+
+    from backends.cascade import working_bytes
+    from backends.loading import LoadContext, Source, load_pretrained, resolve_repo
+    from backends.memory import RESERVE_FRACTION
+    from backends.offload import module_bytes
+    from backends.requests import TextToImageRequest
+
+    ctx = LoadContext(cache_dir=tiny_cache, offline=True)
+    size = {name: module_bytes(load_pretrained(StableCascadeUNet, Source("tiny:cascade", name), ctx,
+                                               dtype=torch.float32))
+            for name in ("prior", "decoder")}
+    root = resolve_repo(Source("tiny:cascade"), ctx)
+    configs = {name: json.loads((Path(root) / name / "config.json").read_text())
+               for name in ("text_encoder", "prior", "decoder", "vqgan")}
+    request = TextToImageRequest.build("a red lighthouse on a cliff", "", 256, 256, 3, 2, 4.0, 0.0, 1, 7)
+    work = working_bytes(request, 4, configs)
+    decoder_need = size["decoder"] + work["decoder"]
+    largest_other = max(work["text_encoder"], work["prior"] + size["prior"], work["vqgan"])
+    assert largest_other < decoder_need, "tiny models no longer make the decoder the largest need"
+    # The reserve is a fraction of the budget: the budget less it must hold the decoder's need
+    # but not the decoder's need plus the prior. Aim at the middle of that window.
+    return int((decoder_need + size["prior"] / 2) / (1 - RESERVE_FRACTION))

@@ -1,0 +1,438 @@
+"""Stable Cascade text-to-image: stage C (prior), stage B (decoder), stage A (VQGAN decode).
+
+We run our own sampling loop over the diffusers model classes instead of the Stable Cascade
+pipelines. The pipelines are deprecated and frozen in diffusers 0.42 (``DeprecatedPipelineMixin``),
+the combined one draws both stages from one generator (and the official app never seeded stage C
+at all), and a pipeline wants all its components at hand. Here each component is borrowed from the
+memory manager only while its stage runs, each stage gets its own seeded CPU generator, and every
+step is reported.
+
+The math follows ``StableCascadePriorPipeline`` and ``StableCascadeDecoderPipeline`` of diffusers
+0.42.1 step for step, so the same inputs and noise give the same pixels (a test checks this).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backends.errors import UnknownNameError
+from backends.loading import LoadContext, Source, load_pretrained
+from backends.progress import ProgressFn
+from backends.requests import MAX_PROMPT_CHARS, TextToImageRequest
+from backends.settings import CascadeSettings
+
+if TYPE_CHECKING:
+    from backends.memory import MemoryManager
+
+logger = logging.getLogger(__name__)
+
+STAGE_C = "Stage C (prior)"
+STAGE_B = "Stage B (decoder)"
+STAGE_A = "Stage A (decode)"
+
+#: Pixels per stage C latent pixel (``resolution_multiple`` of the prior pipeline); the result is
+#: rounded up, so 1024 px gives 24 latent pixels.
+RESOLUTION_MULTIPLE = 42.67
+#: Stage B latent pixels per stage C latent pixel (``latent_dim_scale`` of the decoder pipeline);
+#: rounded down, so 24 gives 256, which stage A turns into 1024 px.
+LATENT_DIM_SCALE = 10.67
+
+TEXT_ENCODER = "cascade.text_encoder"
+PRIOR = "cascade.prior"
+DECODER = "cascade.decoder"
+VQGAN = "cascade.vqgan"
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_STAGES = ("text_encoder", "prior", "decoder", "vqgan")
+#: Request fields copied into the info JSON as they are.
+_INFO_FIELDS = ("seed", "width", "height", "num_images", "prior_steps", "decoder_steps", "prior_guidance",
+                "decoder_guidance")
+
+
+@dataclass
+class ImageResult:
+    """What one text-to-image run gives back."""
+
+    #: The decoded images, ``num_images`` of them, at the requested size.
+    images: list[Image.Image]
+    #: JSON-able metadata: seeds, sizes, steps, guidances, dtype, sources, timings, notices.
+    info: dict[str, Any]
+    #: The stage C latents that stage B received (CPU), for tests and img2img/variation work.
+    stage_c_latents: torch.Tensor
+
+
+@dataclass
+class _Text:
+    """Text conditioning for one run, already repeated to the batch size."""
+
+    hidden: torch.Tensor | None  # last hidden state, for stage C only
+    pooled: torch.Tensor
+    negative_hidden: torch.Tensor | None = None  # present when some stage uses CFG
+    negative_pooled: torch.Tensor | None = None
+    notices: list[str] = field(default_factory=list)
+
+
+def describe_source(source: Source) -> str:
+    """A one-line name for a source, as shown in the info JSON."""
+    text = source.repo + (f"/{source.subfolder}" if source.subfolder else "")
+    return text + (f" ({source.variant})" if source.variant else "")
+
+
+def stage_c_size(height: int, width: int) -> tuple[int, int]:
+    """Stage C latent height and width for an image size (as the prior pipeline rounds it)."""
+    return math.ceil(height / RESOLUTION_MULTIPLE), math.ceil(width / RESOLUTION_MULTIPLE)
+
+
+def stage_b_size(stage_c_height: int, stage_c_width: int) -> tuple[int, int]:
+    """Stage B latent height and width for a stage C latent (as the decoder pipeline rounds it)."""
+    return int(stage_c_height * LATENT_DIM_SCALE), int(stage_c_width * LATENT_DIM_SCALE)
+
+
+#: The config fields the estimates read, for the full-size models; used for a stage whose config
+#: is not given (before loading). Configs of lite and tiny models give smaller figures.
+FULL_SIZE_SHAPES: dict[str, dict[str, Any]] = {
+    "text_encoder": {"intermediate_size": 5120, "num_attention_heads": 20},  # ViT-bigG
+    "prior": {"block_out_channels": (2048, 2048), "num_attention_heads": (32, 32), "clip_seq": 4,
+              "patch_size": 1},
+    "decoder": {"block_out_channels": (320, 640, 1280, 1280), "num_attention_heads": (0, 0, 20, 20),
+                "clip_seq": 4, "patch_size": 2},
+    "vqgan": {"embed_dim": 384, "levels": 2, "up_down_scale_factor": 2},
+}
+
+
+def working_bytes(request: TextToImageRequest, dtype_size: int,
+                  configs: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """Rough peak activation memory of each stage for this request, for the memory manager.
+
+    Each term is batch x positions x the widest live activation x bytes; the small factors count
+    the few tensors alive at once, and attention scores count as materialised (no flash
+    attention), the worst case. The backend passes each loaded module's config, so lite and tiny
+    models get their own figures.
+
+    Args:
+        request: the job (size, batch, guidance).
+        dtype_size: bytes per element of the weights' dtype.
+        configs: model configs by stage (``text_encoder``, ``prior``, ``decoder``, ``vqgan``), as
+            config objects or dicts (``load_config``); missing stages use ``FULL_SIZE_SHAPES``.
+    """
+    configs = {**FULL_SIZE_SHAPES, **(configs or {})}
+
+    def get(stage: str, key: str) -> Any:
+        config = configs[stage]
+        return config[key] if isinstance(config, Mapping) else getattr(config, key)
+
+    cfg_c = 2 if request.prior_guidance > 1 else 1
+    cfg_b = 2 if request.decoder_guidance > 1 else 1
+    n = request.num_images
+    c_h, c_w = stage_c_size(request.height, request.width)
+    b_h, b_w = stage_b_size(c_h, c_w)
+    # Text: 77 tokens through the MLP, plus every head's 77x77 scores; one or two prompts.
+    text = max(cfg_c, cfg_b) * 77 * (get("text_encoder", "intermediate_size")
+                                     + get("text_encoder", "num_attention_heads") * 77)
+    # Stage C: the widest level with a 4x MLP at every latent pixel (x4 live tensors); attention
+    # over the pixels plus 77 text and 2 x clip_seq pooled/image tokens.
+    tokens = c_h * c_w // get("prior", "patch_size") ** 2
+    keys = tokens + 77 + 2 * get("prior", "clip_seq")
+    widest, heads = max(get("prior", "block_out_channels")), max(get("prior", "num_attention_heads"))
+    prior = n * cfg_c * tokens * (widest * 16 + heads * keys)
+    # Stage B: level 0 (after the patch embedding) with a 4x MLP (x4 live tensors); attention only
+    # on deeper levels, each with 4x fewer positions than the one above.
+    tokens = b_h * b_w // get("decoder", "patch_size") ** 2
+    attention = max(heads * (tokens // 4**level) * (tokens // 4**level + get("decoder", "clip_seq"))
+                    for level, heads in enumerate(get("decoder", "num_attention_heads")))
+    decoder = n * cfg_b * (tokens * get("decoder", "block_out_channels")[0] * 16 + attention)
+    # Stage A: the outermost level (embed_dim / 2**(levels-1) channels at 1/scale of the output)
+    # with a 4x MLP (x3 live tensors), plus the float32 image.
+    positions = request.height * request.width // get("vqgan", "up_down_scale_factor") ** 2
+    outer = get("vqgan", "embed_dim") // 2 ** (get("vqgan", "levels") - 1)
+    vqgan = n * (positions * outer * 12 * dtype_size + 3 * request.height * request.width * 4)
+    return {"text_encoder": text * dtype_size, "prior": prior * dtype_size,
+            "decoder": decoder * dtype_size, "vqgan": vqgan}
+
+
+def _estimate(request: TextToImageRequest, stage: str) -> Callable[[torch.nn.Module], int]:
+    """The manager calls this with the loaded module, so the estimate reads its real config."""
+
+    def estimate(module: torch.nn.Module) -> int:
+        dtype_size = torch.finfo(module.dtype).bits // 8
+        return working_bytes(request, dtype_size, {stage: module.config})[stage]
+
+    return estimate
+
+
+class CascadeBackend:
+    """Stable Cascade on top of the memory manager; one instance serves every request."""
+
+    name = "cascade"
+    tasks = ("text_to_image",)
+
+    def __init__(self, settings: CascadeSettings, manager: MemoryManager, ctx: LoadContext) -> None:
+        """Register the four model components with ``manager``; nothing is loaded yet.
+
+        Args:
+            settings: sources, dtype and defaults from the preset.
+            manager: the memory manager (``register``, ``use``, ``device``).
+            ctx: cache and offline settings for ``load_pretrained``.
+        """
+        from diffusers import StableCascadeUNet
+        from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
+        from transformers import CLIPTextModelWithProjection
+
+        self.settings = settings
+        self.manager = manager
+        self.ctx = ctx
+        self.dtype = _DTYPES[settings.dtype]
+        self._aux_lock = threading.Lock()
+        self._tokenizer: Any = None
+        self._prior_scheduler: Any = None
+        self._decoder_scheduler: Any = None
+        for name, cls, source in (
+            (TEXT_ENCODER, CLIPTextModelWithProjection, settings.text_encoder),
+            (PRIOR, StableCascadeUNet, settings.prior),
+            (DECODER, StableCascadeUNet, settings.decoder),
+            (VQGAN, PaellaVQModel, settings.vqgan),
+        ):
+            manager.register(name, self._loader(cls, source))
+
+    def component_names(self) -> list[str]:
+        """The manager names of this backend's modules, in the order a run uses them."""
+        return [TEXT_ENCODER, PRIOR, DECODER, VQGAN]
+
+    def _loader(self, cls: type, source: Source) -> Any:
+        def load() -> torch.nn.Module:
+            module = load_pretrained(cls, source, self.ctx, dtype=self.dtype)
+            return module.eval().requires_grad_(False)
+
+        return load
+
+    def _aux(self) -> tuple[Any, Any, Any]:
+        """Tokenizer and the two schedulers; small, loaded once and kept (runs use copies)."""
+        with self._aux_lock:
+            if self._tokenizer is None:
+                from diffusers import DDPMWuerstchenScheduler
+                from transformers import CLIPTokenizer
+
+                s = self.settings
+                self._tokenizer = load_pretrained(CLIPTokenizer, s.tokenizer, self.ctx)
+                scheduler = DDPMWuerstchenScheduler
+                self._prior_scheduler = load_pretrained(scheduler, s.prior_scheduler, self.ctx)
+                self._decoder_scheduler = load_pretrained(scheduler, s.decoder_scheduler, self.ctx)
+            return self._tokenizer, self._prior_scheduler, self._decoder_scheduler
+
+    # ----- public entry points -------------------------------------------------------------
+    def run(self, task: str, request: TextToImageRequest, progress: ProgressFn) -> ImageResult:
+        """Run ``task`` for a validated request, reporting every denoising step to ``progress``.
+
+        Raises:
+            UnknownNameError: ``task`` is not one of ``tasks``.
+            Cancelled: raised by ``progress`` when the user pressed Stop.
+        """
+        if task not in self.tasks:
+            known = ", ".join(self.tasks)
+            raise UnknownNameError(f"Unknown task {task!r} for {self.name}; known tasks: {known}")
+        return self._text_to_image(request, progress)
+
+    def decode_latents(
+        self, stage_c_latents: torch.Tensor, request: TextToImageRequest, progress: ProgressFn
+    ) -> list[Image.Image]:
+        """Run stages B and A on given stage C latents, seeded from ``request.seed``.
+
+        This is the second half of ``run``: the same latents and request give the same images.
+        """
+        if stage_c_latents.ndim != 4:
+            shape = tuple(stage_c_latents.shape)
+            raise ValueError(f"stage C latents must be (batch, channels, height, width), got {shape}")
+        timings: dict[str, float] = {}
+        text = self._encode_text(request, stage_c_latents.shape[0], for_prior=False, timings=timings)
+        latents = self._stage_b(stage_c_latents, text, request, progress, timings)
+        return self._stage_a(latents, request, progress, timings)
+
+    # ----- the stages ----------------------------------------------------------------------
+    def _text_to_image(self, request: TextToImageRequest, progress: ProgressFn) -> ImageResult:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        text = self._encode_text(request, request.num_images, for_prior=True, timings=timings)
+        stage_c = self._stage_c(text, request, progress, timings)
+        latents = self._stage_b(stage_c, text, request, progress, timings)
+        images = self._stage_a(latents, request, progress, timings)
+        timings["total"] = time.perf_counter() - started
+        s = self.settings
+        notices = [f"{name} cut to {MAX_PROMPT_CHARS} characters" for name in request.truncated]
+        info: dict[str, Any] = {
+            "backend": self.name,
+            "task": "text_to_image",
+            **{key: getattr(request, key) for key in _INFO_FIELDS},
+            "decoder_seed": request.seed + 1,
+            "dtype": s.dtype,
+            "device": str(self.manager.device),
+            **{stage: describe_source(getattr(s, stage)) for stage in _STAGES},
+            "stage_c_shape": list(stage_c.shape),
+            "stage_b_shape": list(latents.shape),
+            "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+            "notices": notices + text.notices,
+        }
+        logger.info("cascade %dx%d x%d seed %d in %.2f s (%s)", request.width, request.height,
+                    request.num_images, request.seed, timings["total"], info["timings"])
+        return ImageResult(images=images, info=info, stage_c_latents=stage_c.cpu().clone())
+
+    def _encode_text(self, request: TextToImageRequest, batch: int, *, for_prior: bool,
+                     timings: dict[str, float]) -> _Text:
+        """CLIP text features: last hidden state (stage C) and pooled projection (both stages).
+
+        The negative prompt is encoded only when a stage that runs uses classifier-free guidance.
+        Prompts are encoded one at a time, as the pipelines do, so results match them exactly.
+        """
+        started = time.perf_counter()
+        tokenizer, _, _ = self._aux()
+        guided = request.decoder_guidance > 1 or (for_prior and request.prior_guidance > 1)
+        texts = [("prompt", request.prompt)]
+        if guided:
+            texts.append(("negative prompt", request.negative_prompt))
+        need = _estimate(request, "text_encoder")
+        encoded: list[tuple[torch.Tensor, torch.Tensor]] = []
+        notices: list[str] = []
+        # The manager places modules outside inference mode; only the compute runs inside it.
+        with self.manager.use(TEXT_ENCODER, need) as encoder, torch.inference_mode():
+            for label, prompt in texts:
+                limit = tokenizer.model_max_length
+                given = len(tokenizer(prompt, verbose=False).input_ids)
+                if given > limit:
+                    notices.append(f"{label} truncated to {limit} tokens ({given} given)")
+                tokens = tokenizer(prompt, padding="max_length", max_length=limit, truncation=True,
+                                   return_tensors="pt")
+                output = encoder(tokens.input_ids.to(self.manager.device),
+                                 attention_mask=tokens.attention_mask.to(self.manager.device),
+                                 output_hidden_states=True)
+                # Stage C reads the last layer before the final layer norm (hidden_states[-1],
+                # not last_hidden_state), as the original code and the pipelines do.
+                hidden = output.hidden_states[-1].to(encoder.dtype)
+                pooled = output.text_embeds.unsqueeze(1).to(encoder.dtype)
+                encoded.append((hidden.repeat_interleave(batch, 0), pooled.repeat_interleave(batch, 0)))
+        timings["text_encoder"] = timings.get("text_encoder", 0.0) + time.perf_counter() - started
+        (hidden, pooled), negative = encoded[0], (encoded[1] if guided else (None, None))
+        return _Text(hidden if for_prior else None, pooled, negative[0], negative[1], notices)
+
+    def _stage_c(self, text: _Text, request: TextToImageRequest, progress: ProgressFn,
+                 timings: dict[str, float]) -> torch.Tensor:
+        """Denoise the 16-channel semantic latent (about 24x24 for 1024 px) from text."""
+        from diffusers import DDPMWuerstchenScheduler
+
+        started = time.perf_counter()
+        _, prior_scheduler, _ = self._aux()
+        device, n = self.manager.device, request.num_images
+        guidance = request.prior_guidance
+        cfg = guidance > 1
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        need = _estimate(request, "prior")
+        with self.manager.use(PRIOR, need) as prior, torch.inference_mode():
+            dtype = prior.dtype
+            height, width = stage_c_size(request.height, request.width)
+            shape = (n, prior.config.in_channels, height, width)
+            latents = _noise(shape, generator, device, dtype)
+            # Text-to-image has no reference image: the image embedding slot gets zeros.
+            clip_img = torch.zeros(n, 1, prior.config.clip_image_in_channels, device=device, dtype=dtype)
+            assert text.hidden is not None
+            clip_text, clip_pooled = text.hidden, text.pooled
+            if cfg:
+                assert text.negative_hidden is not None and text.negative_pooled is not None
+                clip_text = torch.cat([clip_text, text.negative_hidden])
+                clip_pooled = torch.cat([clip_pooled, text.negative_pooled])
+                clip_img = torch.cat([clip_img, torch.zeros_like(clip_img)])
+            clip_text, clip_pooled = clip_text.to(device, dtype), clip_pooled.to(device, dtype)
+            scheduler = DDPMWuerstchenScheduler.from_config(prior_scheduler.config)
+            latents = _denoise(prior, scheduler, latents, request.prior_steps, guidance, generator,
+                               STAGE_C, progress, clip_text_pooled=clip_pooled, clip_text=clip_text,
+                               clip_img=clip_img)
+        timings["prior"] = time.perf_counter() - started
+        return latents
+
+    def _stage_b(self, stage_c: torch.Tensor, text: _Text, request: TextToImageRequest,
+                 progress: ProgressFn, timings: dict[str, float]) -> torch.Tensor:
+        """Denoise the 4-channel VQGAN latent, conditioned on stage C ("effnet") and pooled text."""
+        from diffusers import DDPMWuerstchenScheduler
+
+        started = time.perf_counter()
+        _, _, decoder_scheduler = self._aux()
+        device, n = self.manager.device, stage_c.shape[0]
+        guidance = request.decoder_guidance
+        cfg = guidance > 1
+        # Its own generator, so stage B's noise depends on the seed but not on stage C's steps.
+        generator = torch.Generator("cpu").manual_seed(request.seed + 1)
+        need = _estimate(request, "decoder")
+        with self.manager.use(DECODER, need) as decoder, torch.inference_mode():
+            dtype = decoder.dtype
+            effnet = stage_c.to(device, dtype)
+            pooled = text.pooled
+            if cfg:
+                assert text.negative_pooled is not None
+                pooled = torch.cat([pooled, text.negative_pooled])
+                effnet = torch.cat([effnet, torch.zeros_like(effnet)])
+            pooled = pooled.to(device, dtype)
+            height, width = stage_b_size(stage_c.shape[2], stage_c.shape[3])
+            latents = _noise((n, decoder.config.in_channels, height, width), generator, device, dtype)
+            scheduler = DDPMWuerstchenScheduler.from_config(decoder_scheduler.config)
+            latents = _denoise(decoder, scheduler, latents, request.decoder_steps, guidance, generator,
+                               STAGE_B, progress, clip_text_pooled=pooled, effnet=effnet)
+        timings["decoder"] = time.perf_counter() - started
+        return latents
+
+    def _stage_a(self, latents: torch.Tensor, request: TextToImageRequest, progress: ProgressFn,
+                 timings: dict[str, float]) -> list[Image.Image]:
+        """Decode VQGAN latents to pixels (4x upscale) and convert to 8-bit images."""
+        started = time.perf_counter()
+        need = _estimate(request, "vqgan")
+        with self.manager.use(VQGAN, need) as vqgan, torch.inference_mode():
+            scaled = (vqgan.config.scale_factor * latents).to(self.manager.device, vqgan.dtype)
+            pixels = vqgan.decode(scaled).sample.clamp(0, 1)
+        array = pixels.permute(0, 2, 3, 1).cpu().float().numpy()  # numpy has no bfloat16
+        images = [Image.fromarray(image) for image in (array * 255).round().astype(np.uint8)]
+        timings["vqgan"] = time.perf_counter() - started
+        progress(STAGE_A, 1, 1)
+        return images
+
+
+def _noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
+           dtype: torch.dtype) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU generator, then moved: the same numbers on every device."""
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+
+def _denoise(model: torch.nn.Module, scheduler: Any, latents: torch.Tensor, steps: int, guidance: float,
+             generator: torch.Generator, stage: str, progress: ProgressFn,
+             **conditioning: torch.Tensor) -> torch.Tensor:
+    """The Würstchen DDPM loop shared by stages C and B.
+
+    ``conditioning`` is already doubled (conditional first, unconditional second) when
+    ``guidance > 1``; the latents are doubled here. The timestep ratio is cast to the model dtype
+    before it reaches the scheduler, exactly as the pipelines do, so bfloat16 runs match them too.
+    """
+    cfg = guidance > 1
+    scheduler.set_timesteps(steps, device=latents.device)
+    # The scheduler lists steps + 1 ratios from 1 to 0; the last one is only the target of the
+    # final step.
+    timesteps = scheduler.timesteps[:-1]
+    latents = latents * scheduler.init_noise_sigma
+    for index, t in enumerate(timesteps):
+        ratio = t.expand(latents.size(0)).to(latents.dtype)
+        prediction = model(
+            sample=torch.cat([latents] * 2) if cfg else latents,
+            timestep_ratio=torch.cat([ratio] * 2) if cfg else ratio,
+            return_dict=False,
+            **conditioning,
+        )[0]
+        if cfg:
+            conditional, unconditional = prediction.chunk(2)
+            prediction = torch.lerp(unconditional, conditional, guidance)
+        latents = scheduler.step(model_output=prediction, timestep=ratio, sample=latents,
+                                 generator=generator).prev_sample
+        progress(stage, index + 1, len(timesteps))
+    return latents

@@ -1,0 +1,347 @@
+"""Tiny random-weight models, built offline and saved like real hub repos.
+
+The tiny preset points every backend at ``tiny:<family>``. ``backends.loading`` sends those sources
+here; we build the family once into ``<cache>/tiny/<family>-<version>/`` with a fixed seed and then
+hand back a folder that ``from_pretrained`` reads exactly as it reads a downloaded repo. Tests, CI and
+the browser tests therefore run the same loading and sampling code as real users, on a CPU, in
+seconds.
+
+Each family is one builder function in ``_FAMILIES``; later families (SVD, StableLM) add theirs.
+The architectures keep the real block structure (block types, conditioning types, patch sizes) and
+shrink only widths and depths, so shape bugs show up here and not on a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from backends.errors import UnknownNameError
+
+if TYPE_CHECKING:  # heavy imports stay lazy: the registry imports this module at start-up
+    import torch
+    from transformers import CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+#: Written last into a finished build; a folder without it is never handed out.
+MARKER = "tiny-complete.json"
+
+# One build at a time per process: threads would otherwise each build a copy (harmless but slow).
+# Across processes the atomic rename in `_publish` decides the winner.
+_BUILD_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """How to build one tiny family."""
+
+    #: Writes every component into the given empty folder, one subfolder per component.
+    build: Callable[[Path], None]
+    #: Part of the folder name; bump it when the builder changes so old caches are not reused.
+    version: str
+
+
+def tiny_names() -> tuple[str, ...]:
+    """The families ``ensure_tiny`` can build."""
+    return tuple(sorted(_FAMILIES))
+
+
+def tiny_path(name: str, cache_dir: Path) -> Path:
+    """Where family ``name`` lives (built or not)."""
+    family = _family(name)
+    return Path(cache_dir) / "tiny" / f"{name}-{family.version}"
+
+
+def ensure_tiny(name: str, cache_dir: Path) -> Path:
+    """Return the folder of tiny family ``name``, building it first if needed.
+
+    Safe to call from several threads or processes at once: each builder writes into its own
+    temporary folder next to the target and renames it into place; the first rename wins and the
+    others discard their copy. A finished build is recognised by its marker file, so a second call
+    costs one ``stat``.
+
+    Args:
+        name: the family, e.g. ``"cascade"`` (from a ``tiny:cascade`` source).
+        cache_dir: the app's cache folder (``LoadContext.cache_dir``).
+
+    Raises:
+        UnknownNameError: ``name`` is not a tiny family; the message lists the known ones.
+    """
+    target = tiny_path(name, cache_dir)
+    if (target / MARKER).is_file():
+        return target
+    with _BUILD_LOCK:
+        if (target / MARKER).is_file():
+            return target
+        _build(name, _FAMILIES[name], target)
+    return target
+
+
+def _family(name: str) -> TinyFamily:
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"Unknown tiny model family {name!r}; known families: {', '.join(tiny_names())}"
+        ) from None
+
+
+def _build(name: str, family: TinyFamily, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        family.build(staging)
+        marker = {"family": name, "version": family.version}
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _publish(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    size = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
+    logger.info(
+        "tiny %s ready at %s (%d bytes) in %.2f s", name, target, size, time.perf_counter() - started
+    )
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move a finished build into place; losing the race to another process is fine."""
+    try:
+        os.rename(staging, target)
+        return
+    except OSError:
+        if (target / MARKER).is_file():
+            logger.info("tiny build %s was finished by another process; keeping that one", target)
+            return
+        if not target.exists():
+            raise
+    # The target exists but has no marker: not ours and not a finished build. Move it aside.
+    stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex}")
+    os.rename(target, stale)
+    logger.warning("moved an unfinished tiny model folder aside: %s", stale)
+    shutil.rmtree(stale, ignore_errors=True)
+    os.rename(staging, target)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Fix torch's CPU generator for one component without disturbing the caller's RNG state."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _wake_zero_parameters(module: torch.nn.Module, std: float = 0.1) -> None:
+    """Give zero-initialised parameters small random values.
+
+    Several blocks start as exact identities (Paella's ``gammas``, ``GlobalResponseNorm``'s
+    ``gamma``/``beta``), which would let a conditioning bug go unnoticed in tests. Call under
+    ``_seeded`` so the values are reproducible.
+    """
+    import torch
+
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, std)
+
+
+# --- Stable Cascade ---------------------------------------------------------------------------
+
+#: Whole words the tiny tokenizer merges into single tokens; anything else falls back to bytes.
+_CASCADE_WORDS = (
+    "a an the of in on at with and or to by for from is photo picture painting drawing portrait "
+    "landscape cat dog bird horse fish car house tree flower mountain river sea sky city street "
+    "man woman child face red green blue yellow black white orange purple pink gray golden dark "
+    "bright light night day sun moon star cloud rain snow forest field garden beach castle robot "
+    "astronaut space helmet cinematic detailed realistic beautiful high quality blurry ugly art "
+    "style oil watercolor digital render lighting sharp focus background"
+)
+
+#: Every tiny Cascade text width; the real model uses 1280 for all three (ViT-bigG).
+_TEXT_WIDTH = 64
+#: Tiny stand-in for ViT-L/14's 768-wide image projection; the prior's clip_image_in_channels.
+_IMAGE_EMBED_WIDTH = 32
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins that byte-level BPE uses for raw bytes (GPT-2's mapping)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return sorted(ByteLevel.alphabet())
+
+
+def _tiny_clip_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer whose vocabulary is every byte (plain and word-final) plus a few words.
+
+    Built from a vocab dict and merges given as tuples: transformers 5 rejects "a b" merge strings
+    (``PyMerges`` error, see NOTES.md). Every input still tokenises, because any byte has a token.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for symbol in _byte_alphabet():
+        vocab[symbol] = len(vocab)
+    for symbol in _byte_alphabet():
+        vocab[symbol + "</w>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in _CASCADE_WORDS.split():
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            if pair not in merges:
+                merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+            pieces = [pair[0] + pair[1], *pieces[2:]]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _cascade_block_types(levels: str) -> tuple[tuple[str, ...], ...]:
+    """Spell the original "CTA"-style level configs as diffusers block type names."""
+    names = {"C": "SDCascadeResBlock", "T": "SDCascadeTimestepBlock", "A": "SDCascadeAttnBlock"}
+    return tuple(tuple(names[letter] for letter in level) for level in levels.split())
+
+
+def _build_cascade(root: Path) -> None:
+    """Write a tiny Stable Cascade: both CLIP encoders, tokenizer, stages C, B, A and scheduler."""
+    from diffusers import DDPMWuerstchenScheduler, StableCascadeUNet
+    from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    tokenizer = _tiny_clip_tokenizer()
+    tokenizer.save_pretrained(root / "tokenizer")
+
+    with _seeded(1):
+        text_encoder = CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=_TEXT_WIDTH,
+                intermediate_size=_TEXT_WIDTH * 2,
+                projection_dim=_TEXT_WIDTH,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=tokenizer.model_max_length,
+                hidden_act="gelu",  # as in ViT-bigG
+                # Pooling picks the first eos token; it must be the tokenizer's (NOTES.md).
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    text_encoder.save_pretrained(root / "text_encoder")
+
+    with _seeded(2):
+        # 224 px input with 32 px patches: the standard CLIP preprocessing size, only 49 tokens.
+        image_encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=64,
+                intermediate_size=128,
+                projection_dim=_IMAGE_EMBED_WIDTH,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=224,
+                patch_size=32,
+                hidden_act="gelu",
+            )
+        )
+    image_encoder.save_pretrained(root / "image_encoder")
+    # Without torchvision this resolves to CLIPImageProcessorPil (NOTES.md); either loads back.
+    CLIPImageProcessor(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    ).save_pretrained(root / "feature_extractor")
+
+    with _seeded(3):
+        # Stage C: same shape of model as the real prior (two levels, "CTA" blocks, sca/crp
+        # conditioning, no resolution switch), 128 channels wide and one layer deep. Prior and
+        # decoder outweigh their working memory, as the real ones do, so memory tests behave alike.
+        prior = StableCascadeUNet(
+            in_channels=16,
+            out_channels=16,
+            timestep_ratio_embedding_dim=64,
+            patch_size=1,
+            conditioning_dim=128,
+            block_out_channels=(128, 128),
+            num_attention_heads=(4, 4),
+            down_num_layers_per_block=(1, 1),
+            up_num_layers_per_block=(1, 1),
+            down_blocks_repeat_mappers=(1, 1),
+            up_blocks_repeat_mappers=(1, 1),
+            block_types_per_layer=_cascade_block_types("CTA CTA"),
+            clip_text_in_channels=_TEXT_WIDTH,
+            clip_text_pooled_in_channels=_TEXT_WIDTH,
+            clip_image_in_channels=_IMAGE_EMBED_WIDTH,
+            clip_seq=4,
+            kernel_size=3,
+            dropout=(0.1, 0.1),
+            self_attn=True,
+            timestep_conditioning_type=("sca", "crp"),
+            switch_level=(False,),
+        )
+        _wake_zero_parameters(prior)
+    prior.save_pretrained(root / "prior")
+
+    with _seeded(4):
+        # Stage B: four levels, attention on the last two, repeat mappers on the way up, effnet
+        # and pixel mappers, patch size 2, "sca" conditioning only, as in the real decoder.
+        decoder = StableCascadeUNet(
+            in_channels=4,
+            out_channels=4,
+            timestep_ratio_embedding_dim=64,
+            patch_size=2,
+            conditioning_dim=64,
+            block_out_channels=(32, 64, 128, 128),
+            num_attention_heads=(0, 0, 4, 4),
+            down_num_layers_per_block=(1, 1, 1, 1),
+            up_num_layers_per_block=(1, 1, 1, 1),
+            down_blocks_repeat_mappers=(1, 1, 1, 1),
+            up_blocks_repeat_mappers=(2, 2, 2, 2),
+            block_types_per_layer=_cascade_block_types("CT CT CTA CTA"),
+            clip_text_pooled_in_channels=_TEXT_WIDTH,
+            clip_seq=4,
+            effnet_in_channels=16,
+            pixel_mapper_in_channels=3,
+            kernel_size=3,
+            dropout=(0.0, 0.0, 0.1, 0.1),
+            self_attn=True,
+            timestep_conditioning_type=("sca",),
+        )
+        _wake_zero_parameters(decoder)
+    decoder.save_pretrained(root / "decoder")
+
+    with _seeded(5):
+        # Stage A keeps the real 4x compression (pixel unshuffle 2 and one stride-2 level) and
+        # the full 8192-entry codebook; only the widths and the bottleneck depth shrink.
+        vqgan = PaellaVQModel(
+            levels=2, bottleneck_blocks=4, embed_dim=16, latent_channels=4, num_vq_embeddings=8192
+        )
+        _wake_zero_parameters(vqgan)
+    vqgan.save_pretrained(root / "vqgan")
+
+    DDPMWuerstchenScheduler().save_pretrained(root / "scheduler")
+
+
+_FAMILIES: dict[str, TinyFamily] = {
+    "cascade": TinyFamily(build=_build_cascade, version="v2"),
+}

@@ -1,0 +1,86 @@
+"""The registry and Studio on the tiny preset: lazy backends, placement under a budget, OOM retry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backends.errors import OutOfMemory, UnknownNameError
+from backends.requests import TextToImageRequest
+from backends.studio import Studio, StudioConfig
+
+
+def request(seed: int = 7) -> TextToImageRequest:
+    return TextToImageRequest.build("a red lighthouse on a cliff", "", 256, 256, 3, 2, 4.0, 0.0, 1, seed)
+
+
+def studio(tiny_cache: Path, tmp_path: Path, budget: int | None = None) -> Studio:
+    return Studio(StudioConfig(preset="tiny", vram_budget_bytes=budget, cache_dir=tiny_cache,
+                               outputs_dir=tmp_path / "outputs"))
+
+
+def test_backends_are_built_lazily_and_unknown_names_list_the_known(tiny_cache: Path, tmp_path: Path) -> None:
+    st = studio(tiny_cache, tmp_path)
+    assert st.registry.tasks() == ["text_to_image"]
+    assert st.status()["models"] == []
+    with pytest.raises(UnknownNameError, match="Unknown task 'paint'; known: text_to_image"):
+        st.registry.run("paint", request(), lambda *a: None)
+    with pytest.raises(UnknownNameError, match="Unknown backend 'sdxl'; known: cascade"):
+        st.registry.backend("sdxl")
+    st.unload("cascade")  # a known backend with nothing loaded is not an error
+    with pytest.raises(UnknownNameError, match="known: all, cascade"):
+        st.unload("sdxl")
+
+
+def test_size_estimates_follow_the_preset() -> None:
+    from backends import presets
+    from backends.loading import LoadContext
+    from backends.memory import FakeProbe, MemoryManager
+    from backends.registry import Registry
+
+    def estimate(name: str) -> float:
+        registry = Registry(presets.load(name).settings, MemoryManager(FakeProbe(1)), LoadContext(Path(".")))
+        return registry.size_estimate("cascade") / 1e9
+
+    assert estimate("lite") == pytest.approx(2 * (1030.8 + 699.5 + 632.1 + 18.4) / 1e3, rel=1e-6)
+    assert estimate("bf16") == pytest.approx(2 * (3589.1 + 1562.9 + 632.1 + 18.4) / 1e3, rel=1e-6)
+    assert estimate("full") == pytest.approx(2 * estimate("bf16"))
+
+
+def test_tight_budget_evicts_the_prior_while_the_decoder_runs(tiny_cache: Path, tmp_path: Path,
+                                                              tight_budget_bytes: int) -> None:
+    st = studio(tiny_cache, tmp_path, budget=tight_budget_bytes)
+    during_stage_b: list[dict[str, str]] = []
+
+    def progress(stage: str, step: int, total: int) -> None:
+        if stage.startswith("Stage B"):
+            during_stage_b.append({s.name: s.placement for s in st.manager.statuses()})
+
+    first = st.registry.run("text_to_image", request(), progress)
+    assert during_stage_b and all(p["cascade.decoder"] == "gpu" for p in during_stage_b)
+    assert all(p["cascade.prior"] == "cpu" for p in during_stage_b)
+    resident = sum(s.bytes for s in st.manager.statuses() if s.placement == "gpu")
+    assert resident <= tight_budget_bytes
+
+    second = st.registry.run("text_to_image", request(), lambda *a: None)
+    assert all(st.manager.component(n).loads == 1 for n in ("cascade.prior", "cascade.decoder"))
+    assert second.images[0].tobytes() == first.images[0].tobytes()
+
+
+def test_oom_in_the_decoder_is_retried_once_then_reported(tiny_cache: Path, tmp_path: Path) -> None:
+    st = studio(tiny_cache, tmp_path)
+    reference = st.registry.run("text_to_image", request(), lambda *a: None)
+
+    st.manager.faults.arm("cascade.decoder", times=1)
+    retried = st.registry.run("text_to_image", request(), lambda *a: None)
+    assert retried.images[0].tobytes() == reference.images[0].tobytes()
+    # The retry ran in offload mode: every component went back to RAM after its stage.
+    assert {s.placement for s in st.manager.statuses()} == {"cpu"}
+
+    st.manager.faults.arm("cascade.decoder", times=2)
+    with pytest.raises(OutOfMemory, match="Stable Cascade text-to-image .*tried auto then offload"):
+        st.registry.run("text_to_image", request(), lambda *a: None)
+    assert {s.placement for s in st.manager.statuses()} <= {"cpu", "disk"}
+    again = st.registry.run("text_to_image", request(), lambda *a: None)  # still serving
+    assert again.images[0].tobytes() == reference.images[0].tobytes()

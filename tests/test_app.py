@@ -1,0 +1,169 @@
+"""The public contract from outside: the real app in-process, driven through gradio_client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+import app
+
+PROMPT = "a red lighthouse on a cliff"
+
+
+@pytest.fixture(scope="module")
+def launch_app_once(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    """One app shared by the tests that only need it to answer (bad inputs, long prompt)."""
+    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
+                           str(tmp_path_factory.mktemp("outputs"))], environ={})
+    demo, url = app.launch(args, prevent_thread_lock=True)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def generate(client: Client, **overrides: Any) -> tuple[list[dict], dict]:
+    """Call /generate_image with DESIGN.md's inputs in order; tiny-preset defaults."""
+    values = dict(prompt=PROMPT, negative_prompt="", width=256, height=256, prior_steps=3,
+                  decoder_steps=2, prior_guidance=4.0, decoder_guidance=0.0, num_images=1, seed=7)
+    values.update(overrides)
+    gallery, info = client.predict(*values.values(), api_name="/generate_image")
+    return gallery, info
+
+
+def pixels(item: dict) -> np.ndarray:
+    return np.asarray(Image.open(item["image"]).convert("RGB"))
+
+
+def placements(client: Client) -> dict[str, str]:
+    return {m["name"]: m["placement"] for m in client.predict(api_name="/status")["models"]}
+
+
+def test_generate_status_and_unload(launch_app: Callable[..., str], tmp_path: Path) -> None:
+    client = Client(launch_app(), verbose=False)
+    assert client.predict(api_name="/status")["models"] == []  # nothing loads before it is needed
+
+    gallery, info = generate(client, num_images=2, seed=123)
+    assert len(gallery) == 2
+    assert info["seed"] == 123 and info["preset"] == "tiny"
+    assert {"timings", "prior", "decoder"} <= set(info)
+    assert Image.open(gallery[0]["image"]).size == (256, 256)
+
+    saved = [Path(p) for p in info["files"]]
+    assert all(p.is_file() and p.parent.parent == tmp_path / "outputs" for p in saved)
+    with Image.open(saved[0]) as png:
+        assert PROMPT in png.text["parameters"] and "Seed: 123" in png.text["parameters"]
+        assert json.loads(png.text["studio"])["seed"] == 123
+    assert not list((tmp_path / "outputs").glob("*/.*"))  # no temporaries left behind
+
+    status = client.predict(api_name="/status")
+    assert status["preset"] == "tiny" and status["device"] == "cpu"
+    assert {"vram_total", "vram_free", "ram_total", "ram_free"} <= set(status)
+    models = {m["name"]: m for m in status["models"]}
+    assert set(models) == {"cascade.text_encoder", "cascade.prior", "cascade.decoder", "cascade.vqgan"}
+    assert all(m["placement"] == "gpu" and m["bytes"] > 0 and m["last_used"] for m in models.values())
+
+    after = client.predict("cascade.prior", api_name="/unload")
+    assert {m["name"]: m["placement"] for m in after["models"]}["cascade.prior"] == "disk"
+    assert placements(client)["cascade.decoder"] == "gpu"
+    client.predict("all", api_name="/unload")
+    assert set(placements(client).values()) == {"disk"}
+    with pytest.raises(Exception, match="Unknown model 'nope'; known: all, cascade"):
+        client.predict("nope", api_name="/unload")
+
+    again, _ = generate(client, num_images=2, seed=123)  # reloads after unload, same pixels
+    assert np.array_equal(pixels(again[0]), pixels(gallery[0]))
+
+
+def test_seeds_through_the_api(launch_app: Callable[..., str]) -> None:
+    client = Client(launch_app(), verbose=False)
+    first, _ = generate(client, seed=5)
+    same, _ = generate(client, seed=5)
+    other, _ = generate(client, seed=6)
+    assert np.array_equal(pixels(first[0]), pixels(same[0]))
+    assert not np.array_equal(pixels(first[0]), pixels(other[0]))
+    _, info = generate(client, seed=-1)
+    assert isinstance(info["seed"], int) and 0 <= info["seed"] < 2**32
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("width", 10, "width: must be between 256 and 2048"),
+        ("height", 99999, "height: must be between 256 and 2048"),
+        ("width", 300, "width: must be a multiple of 128"),
+        ("prior_steps", 0, "prior_steps: must be between 1 and 100"),
+        ("decoder_steps", 2.5, "decoder_steps: expected a whole number"),
+        ("prior_guidance", -1, "prior_guidance: must be between 0 and 20"),
+        ("num_images", 50, "num_images: must be between 1 and 4"),
+        ("seed", "abc", "seed: expected a number, got 'abc'"),
+        ("prompt", "   ", "prompt: is empty"),
+    ],
+)
+def test_bad_input_names_the_field_and_the_app_keeps_serving(
+        launch_app_once: Client, field: str, value: Any, message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        generate(launch_app_once, **{field: value})
+    assert launch_app_once.predict(api_name="/status")["preset"] == "tiny"
+
+
+def test_long_prompt_is_truncated_and_reported(launch_app_once: Client) -> None:
+    gallery, info = generate(launch_app_once, prompt="lighthouse " * 2000)  # 22,000 characters
+    assert len(gallery) == 1
+    notices = " ".join(info["notices"])
+    assert "prompt" in notices and "truncated" in notices
+
+
+def test_tight_budget_evicts_the_prior_for_the_decoder(launch_app: Callable[..., str],
+                                                       tight_budget_bytes: int) -> None:
+    client = Client(launch_app("--vram-budget", f"{tight_budget_bytes / 2**30:.9f}"), verbose=False)
+    gallery, _ = generate(client)
+    assert len(gallery) == 1
+    status = client.predict(api_name="/status")
+    placed = {m["name"]: m["placement"] for m in status["models"]}
+    assert placed["cascade.prior"] == "cpu"
+    assert status["vram_total"] == pytest.approx(tight_budget_bytes, rel=1e-3)
+    resident = sum(m["bytes"] for m in status["models"] if m["placement"] == "gpu")
+    assert resident <= tight_budget_bytes
+    again, _ = generate(client)  # evicted weights come back from RAM, not from disk
+    assert np.array_equal(pixels(again[0]), pixels(gallery[0]))
+
+
+def test_flags_read_environment_variables() -> None:
+    args = app.parse_args([], environ={"STUDIO_PRESET": "tiny", "STUDIO_VRAM_BUDGET": "2.5",
+                                       "STUDIO_LISTEN": "1", "STUDIO_TABS": "image"})
+    assert (args.preset, args.vram_budget, args.listen, args.host, args.tabs) == ("tiny", 2.5, True, "0.0.0.0", ["image"])
+    assert app.parse_args(["--preset", "lite"], environ={"STUDIO_PRESET": "tiny"}).preset == "lite"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tabs", "image,paint"], "--tabs: unknown paint"),
+    (["--vram-budget", "-1"], "--vram-budget: must be a positive"),
+    (["--auth", "nopassword"], "--auth: expected USER:PASS"),
+])
+def test_bad_flags_name_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        app.parse_args(argv, environ={})
+    assert message in capsys.readouterr().err
+
+
+def test_listen_never_serves_without_auth_unless_asked() -> None:
+    generated = app.resolve_auth(app.parse_args(["--listen"], environ={}))
+    assert generated and generated[0][0] == "studio" and len(generated[0][1]) >= 12
+    assert app.resolve_auth(app.parse_args(["--listen", "--auth", "me:pw"], environ={})) == [("me", "pw")]
+    assert app.resolve_auth(app.parse_args(["--listen", "--no-auth"], environ={})) is None
+    assert app.resolve_auth(app.parse_args([], environ={})) is None  # loopback only
+    assert app.resolve_auth(app.parse_args(["--host", "192.168.1.5"], environ={}))  # exposed host
+
+
+def test_importing_app_loads_no_model_and_no_torch() -> None:
+    code = "import sys, app; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(app.__file__).parent)
+    assert result.stdout.split() == ["False", "False"]
