@@ -84,3 +84,33 @@ def test_oom_in_the_decoder_is_retried_once_then_reported(tiny_cache: Path, tmp_
     assert {s.placement for s in st.manager.statuses()} <= {"cpu", "disk"}
     again = st.registry.run("text_to_image", request(), lambda *a: None)  # still serving
     assert again.images[0].tobytes() == reference.images[0].tobytes()
+
+
+def test_stop_ends_the_job_at_the_next_step_and_frees_the_components(tiny_cache: Path, tmp_path: Path) -> None:
+    from backends.errors import Cancelled
+
+    st = studio(tiny_cache, tmp_path)
+    control = st.start_job("session-1")
+    steps: list[tuple[str, int]] = []
+
+    def progress(stage: str, step: int, total: int) -> None:
+        steps.append((stage, step))
+        st.stop_job("session-1")  # the user presses Stop during the first step
+
+    with pytest.raises(Cancelled, match="Stopped by the user"):
+        st.registry.run("text_to_image", request(), control.wrap(progress))
+    st.finish_job("session-1", control)
+    assert len(steps) == 1
+    assert all(st.manager.component(n).in_use == 0 for n in ("cascade.prior", "cascade.text_encoder"))
+    assert not st.stop_job("session-1")  # nothing running any more
+    assert st.registry.run("text_to_image", request(), lambda *a: None).images
+
+
+def test_missing_files_offline_give_a_message_naming_the_repo(tmp_path: Path) -> None:
+    from backends.errors import ModelUnavailable
+
+    st = Studio(StudioConfig(preset="lite", cache_dir=tmp_path / "cache", models_dir=tmp_path / "hub",
+                             outputs_dir=tmp_path / "outputs", offline=True))
+    with pytest.raises(ModelUnavailable, match=r"stabilityai/stable-cascade.*offline"):
+        st.registry.run("text_to_image", request(), lambda *a: None)
+    assert {s.placement for s in st.manager.statuses()} == {"disk"}
