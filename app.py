@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     logging.basicConfig(level=os.environ.get("STUDIO_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio health check
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = parse_args(argv)
     launch(args)

@@ -8,7 +8,7 @@ traceback and reported with its type, so the user has something to search for.
 from __future__ import annotations
 
 import logging
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import gradio as gr
 
@@ -52,3 +52,10 @@ def gradio_progress(progress: gr.Progress) -> ProgressFn:
 def session_of(request: gr.Request | None) -> str:
     """A key for this browser session (API clients get one per connection)."""
     return (request.session_hash if request is not None else None) or "anonymous"
+
+
+def standalone(build: Callable[[Any], None], studio: Any, title: str) -> gr.Blocks:
+    """One tab in its own Blocks, for a quick look while working on it."""
+    with gr.Blocks(title=title) as blocks:
+        build(studio)
+    return blocks

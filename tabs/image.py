@@ -15,7 +15,7 @@ import gradio as gr
 
 from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, gradio_progress, session_of, user_errors
+from tabs.common import GPU_QUEUE, gradio_progress, session_of, standalone, user_errors
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,5 @@ def build(studio: Studio) -> None:
 
 
 def demo(studio: Studio) -> gr.Blocks:
-    """Launch this tab alone for a quick look: ``build(studio)`` inside its own Blocks."""
-    with gr.Blocks(title="Image") as blocks:
-        build(studio)
-    return blocks
-
-
-__all__ = ["build", "demo", "aspect_size"]
+    """This tab alone, for a quick look: ``demo(studio).launch()``."""
+    return standalone(build, studio, "Cascade Studio: Image")

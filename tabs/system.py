@@ -13,7 +13,7 @@ import gradio as gr
 
 from backends.memory import format_bytes
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, user_errors
+from tabs.common import GPU_QUEUE, standalone, user_errors
 
 REFRESH_SECONDS = 2.0
 
@@ -78,3 +78,8 @@ def build(studio: Studio) -> None:
     timer.tick(refresh, None, outputs, api_visibility="private", queue=False)
     unload_one.click(do_unload, choice, outputs, api_visibility="private", **GPU_QUEUE)
     unload_all.click(lambda: do_unload("all"), None, outputs, api_visibility="private", **GPU_QUEUE)
+
+
+def demo(studio: Studio) -> gr.Blocks:
+    """This tab alone, for a quick look: ``demo(studio).launch()``."""
+    return standalone(build, studio, "Cascade Studio: System")
