@@ -84,7 +84,7 @@ def load_pretrained(cls: type[T], source: Source, ctx: LoadContext, **kwargs: An
     started = time.perf_counter()
     try:
         loaded = cls.from_pretrained(target, **options)  # type: ignore[attr-defined]
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:  # hub and file errors are OSError subclasses
         hint = (
             "the app is offline (--offline, --preset tiny or HF_HUB_OFFLINE=1): start it online once "
             "to download the files, or pick a preset whose files you have"

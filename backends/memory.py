@@ -229,6 +229,13 @@ class MemoryManager:
             if name not in self._components:
                 self._components[name] = Component(name, loader, size_hint)
 
+    def hint_size(self, name: str, size: int) -> None:
+        """Set a component's expected bytes before it loads (for /status and the RAM check)."""
+        with self._lock:
+            comp = self._components.get(name)
+            if comp is not None and comp.home is None:
+                comp.size = size
+
     def reading(self) -> MemoryReading:
         """The live reading with the budget applied to the device figures."""
         raw = self.probe.read()

@@ -8,7 +8,7 @@ because the step boundary is the only place where stopping leaves nothing half-d
 from __future__ import annotations
 
 import threading
-from typing import Callable, Protocol
+from typing import Protocol
 
 from backends.errors import Cancelled
 
@@ -53,5 +53,3 @@ class JobControl:
 
         return report
 
-
-ProgressCallable = Callable[[str, int, int], None]

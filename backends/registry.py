@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from backends.errors import UnknownNameError
-from backends.loading import LoadContext
+from backends.loading import TINY_PREFIX, LoadContext, Source
 from backends.memory import MemoryManager
 from backends.progress import ProgressFn
 from backends.settings import PresetSettings
@@ -107,7 +107,10 @@ class Registry:
             if name not in self._backends:
                 module_name, class_name = spec.factory.split(":")
                 cls = getattr(importlib.import_module(module_name), class_name)
-                self._backends[name] = cls(self.settings(name), self.manager, self.ctx)
+                backend = cls(self.settings(name), self.manager, self.ctx)
+                for component, size in self._component_sizes(name).items():
+                    self.manager.hint_size(component, size)
+                self._backends[name] = backend
                 logger.info("backend %s ready (%s)", name, spec.family)
             return self._backends[name]
 
@@ -119,13 +122,20 @@ class Registry:
         return self.manager.run(lambda: backend.run(task, request, progress), mode=mode,
                                 what=f"{spec.family} {task.replace('_', '-')}")
 
-    def size_estimate(self, name: str) -> int:
-        """Bytes of the backend's weights in the preset's dtype, before anything is loaded."""
+    def _component_sizes(self, name: str) -> dict[str, int]:
+        """Expected bytes of each component (``cascade.prior`` from the ``prior`` source's subfolder)."""
         spec = self.spec(name)
         settings = self.settings(name)
         per_param = DTYPE_BYTES[settings.dtype]
-        total = 0.0
-        for value in vars(settings).values():
-            subfolder = getattr(value, "subfolder", None)
-            total += spec.params_m.get(subfolder or "", 0.0) * 1e6 * per_param
-        return int(total)
+        sizes = {}
+        for key, value in vars(settings).items():
+            if not isinstance(value, Source) or value.repo.startswith(TINY_PREFIX):
+                continue  # tiny models share subfolder names with the real ones, not their sizes
+            params = spec.params_m.get(value.subfolder or "", 0.0)
+            if params:
+                sizes[f"{name}.{key}"] = int(params * 1e6 * per_param)
+        return sizes
+
+    def size_estimate(self, name: str) -> int:
+        """Bytes of the backend's weights in the preset's dtype, before anything is loaded."""
+        return sum(self._component_sizes(name).values())

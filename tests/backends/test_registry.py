@@ -114,3 +114,20 @@ def test_missing_files_offline_give_a_message_naming_the_repo(tmp_path: Path) ->
     with pytest.raises(ModelUnavailable, match=r"stabilityai/stable-cascade.*offline"):
         st.registry.run("text_to_image", request(), lambda *a: None)
     assert {s.placement for s in st.manager.statuses()} == {"disk"}
+
+
+def test_status_shows_expected_sizes_before_loading(tmp_path: Path) -> None:
+    st = Studio(StudioConfig(preset="lite", cache_dir=tmp_path / "cache", outputs_dir=tmp_path / "o",
+                             offline=True))
+    st.registry.backend("cascade")
+    models = {m["name"]: m for m in st.status()["models"]}
+    assert {m["placement"] for m in models.values()} == {"disk"}
+    assert models["cascade.prior"]["bytes"] == int(1030.8e6 * 2)
+    assert models["cascade.decoder"]["bytes"] == int(699.5e6 * 2)
+
+
+def test_tiny_components_get_no_real_size_hints(tiny_cache: Path, tmp_path: Path) -> None:
+    st = studio(tiny_cache, tmp_path)
+    st.registry.backend("cascade")
+    assert st.registry.size_estimate("cascade") == 0
+    assert all(m["bytes"] == 0 for m in st.status()["models"])
