@@ -33,6 +33,9 @@ class Source:
     subfolder: str | None = None
     #: File variant such as ``bf16`` (``diffusion_pytorch_model.bf16.safetensors``); None for plain files.
     variant: str | None = None
+    #: Git revision (branch, tag, commit or ``refs/pr/N``); None for the default branch. Needed
+    #: where safetensors exist only on a conversion PR (StableLM Tuned Alpha).
+    revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ def load_pretrained(cls: type[T], source: Source, ctx: LoadContext, **kwargs: An
         options["cache_dir"] = str(ctx.models_dir)
     if ctx.offline:
         options["local_files_only"] = True
+    if source.revision and not source.repo.startswith(TINY_PREFIX):
+        options["revision"] = source.revision
     import torch  # local: this module stays importable without torch for presets and tabs
 
     if isinstance(cls, type) and issubclass(cls, torch.nn.Module):

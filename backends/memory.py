@@ -213,7 +213,10 @@ class MemoryManager:
         self.faults = FaultInjector()
         self._components: dict[str, Component] = {}
         self._lock = threading.RLock()  # guards component state; held briefly
-        self._job_lock = threading.RLock()  # one job (a whole run) at a time
+        # One job (a whole run) at a time. A plain Lock, not an RLock: a streamed job is iterated
+        # by whichever worker thread Gradio picks for each step, and only a Lock may be released
+        # by a thread other than the one that took it.
+        self._job_lock = threading.Lock()
         self._mode = MemoryMode.AUTO
         self._clock = itertools.count(1)
 
@@ -291,6 +294,34 @@ class MemoryManager:
                 except torch.OutOfMemoryError as second:
                     self.evict_all()
                     raise OutOfMemory(self._oom_message(what, [mode, lower])) from second
+
+    def stream(self, fn: Callable[[], Iterator[T]], mode: MemoryMode | str = MemoryMode.AUTO,
+               what: str = "the job") -> Iterator[T]:
+        """Like ``run`` for a job that yields results as it goes (chat tokens).
+
+        The job holds the device only while it is iterated, so other jobs run between turns. An
+        OOM before the first item retries once one mode lower; after items were given out the
+        job cannot be restarted invisibly, so it evicts everything and raises ``OutOfMemory``.
+        Closing the iterator early (Stop) ends the job and releases everything it held.
+        """
+        mode = MemoryMode(mode)
+        with self._job_lock:
+            attempts = [mode, *([mode.lower()] if mode.lower() else [])]
+            for attempt, current in enumerate(attempts):
+                previous, self._mode = self._mode, current
+                produced = False
+                try:
+                    for item in fn():
+                        produced = True
+                        yield item
+                    return
+                except torch.OutOfMemoryError as error:
+                    logger.warning("out of memory in %s (%s mode): %s", what, current.value, error)
+                    self.evict_all()
+                    if produced or attempt == len(attempts) - 1:
+                        raise OutOfMemory(self._oom_message(what, attempts[: attempt + 1])) from error
+                finally:
+                    self._mode = previous
 
     def _with_mode(self, mode: MemoryMode, fn: Callable[[], T]) -> T:
         previous, self._mode = self._mode, mode

@@ -11,10 +11,10 @@ import importlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from backends.errors import UnknownNameError
-from backends.loading import TINY_PREFIX, LoadContext, Source
+from backends.loading import TINY_PREFIX, LoadContext
 from backends.memory import MemoryManager
 from backends.progress import ProgressFn
 from backends.settings import PresetSettings
@@ -48,8 +48,10 @@ class BackendSpec:
     #: License of the released weights, shown in the UI and the README.
     license: str
     license_url: str
-    #: Parameter counts (millions) by repo subfolder, for size estimates before anything loads
-    #: (from diffusers' conversion configs, see NOTES.md).
+    #: Settings keys whose sources are model components (``cascade.prior`` in ``/status``).
+    components: tuple[str, ...] = ()
+    #: Parameter counts (millions) by the source's subfolder, or its repo for root-level models,
+    #: for size estimates before anything loads (from the real configs, see NOTES.md).
     params_m: dict[str, float] = field(default_factory=dict)
 
 
@@ -62,8 +64,32 @@ BACKENDS: tuple[BackendSpec, ...] = (
         settings_key="cascade",
         license="stable-cascade-nc-community (non-commercial)",
         license_url="https://huggingface.co/stabilityai/stable-cascade/blob/main/LICENSE",
+        components=("text_encoder", "prior", "decoder", "vqgan"),
         params_m={"prior": 3589.1, "prior_lite": 1030.8, "decoder": 1562.9, "decoder_lite": 699.5,
                   "text_encoder": 632.1, "vqgan": 18.4},
+    ),
+    BackendSpec(
+        name="svd",
+        family="Stable Video Diffusion",
+        tasks=("image_to_video",),
+        factory="backends.svd:SvdBackend",
+        settings_key="svd",
+        license="stable-video-diffusion-community (gated; accept it on the model page)",
+        license_url="https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt/blob/main/LICENSE.md",
+        components=("unet", "vae", "image_encoder"),
+        params_m={"unet": 1524.6, "vae": 97.7, "image_encoder": 632.1},
+    ),
+    BackendSpec(
+        name="stablelm",
+        family="StableLM",
+        tasks=("chat",),
+        factory="backends.stablelm:StableLMBackend",
+        settings_key="stablelm",
+        license="see the model card (StableLM Zephyr: non-commercial research; Tuned Alpha: CC BY-NC-SA 4.0)",
+        license_url="https://huggingface.co/stabilityai/stablelm-2-zephyr-1_6b",
+        components=("model",),
+        params_m={"stabilityai/stablelm-2-zephyr-1_6b": 1644.4, "stabilityai/stablelm-zephyr-3b": 2795.4,
+                  "stabilityai/stablelm-tuned-alpha-3b": 3638.5, "stabilityai/stablelm-tuned-alpha-7b": 7869.0},
     ),
 )
 
@@ -122,16 +148,25 @@ class Registry:
         return self.manager.run(lambda: backend.run(task, request, progress), mode=mode,
                                 what=f"{spec.family} {task.replace('_', '-')}")
 
+    def stream(self, task: str, request: Any, progress: ProgressFn) -> Iterator[Any]:
+        """Run a streaming task (the backend's ``stream``), holding the device only while iterated."""
+        spec = self.spec_for_task(task)
+        backend = self.backend(spec.name)
+        mode = self.settings(spec.name).memory_mode
+        return self.manager.stream(lambda: backend.stream(task, request, progress), mode=mode,
+                                   what=f"{spec.family} {task.replace('_', '-')}")
+
     def _component_sizes(self, name: str) -> dict[str, int]:
         """Expected bytes of each component (``cascade.prior`` from the ``prior`` source's subfolder)."""
         spec = self.spec(name)
         settings = self.settings(name)
         per_param = DTYPE_BYTES[settings.dtype]
         sizes = {}
-        for key, value in vars(settings).items():
-            if not isinstance(value, Source) or value.repo.startswith(TINY_PREFIX):
+        for key in spec.components:
+            value = getattr(settings, key)
+            if value.repo.startswith(TINY_PREFIX):
                 continue  # tiny models share subfolder names with the real ones, not their sizes
-            params = spec.params_m.get(value.subfolder or "", 0.0)
+            params = spec.params_m.get(value.subfolder or value.repo, 0.0)
             if params:
                 sizes[f"{name}.{key}"] = int(params * 1e6 * per_param)
         return sizes

@@ -16,10 +16,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("bfloat16", "float16", "float32"),
     "memory_mode": ("auto", "gpu", "offload", "sequential"),
     "device": ("auto", "cuda", "cpu"),
+    "fit": ("crop", "pad"),
+    "prompt_format": ("chat_template", "tuned_alpha"),
 }
 
 CASCADE_PRIOR_REPO = "stabilityai/stable-cascade-prior"
 CASCADE_DECODER_REPO = "stabilityai/stable-cascade"
+SVD_REPO = "stabilityai/stable-video-diffusion-img2vid"
+STABLELM_REPO = "stabilityai/stablelm-2-zephyr-1_6b"
 
 
 @dataclass
@@ -72,6 +76,86 @@ class CascadeSettings:
 
 
 @dataclass
+class SvdDefaults:
+    """Generation defaults the Video tab starts with (the official ones, see NOTES.md)."""
+
+    #: Frames to generate: SVD is trained on 14, SVD-XT on 25.
+    num_frames: int = 14
+    #: Frames per second of the MP4, also a conditioning input of the model (5-30).
+    fps: int = 6
+    #: How much motion (1-255).
+    motion_bucket_id: int = 127
+    #: Noise added to the conditioning image; more gives more motion and less fidelity.
+    noise_aug_strength: float = 0.02
+    #: Denoising steps (SVD 25, SVD-XT 30 in the official scripts).
+    steps: int = 25
+    #: Frames decoded at once; 0 picks it from the live free VRAM. The main VRAM knob.
+    decode_chunk_size: int = 0
+    #: Model input width and height (landscape; portrait swaps them).
+    width: int = 1024
+    height: int = 576
+    #: How an input of another aspect is fitted: crop (fill the frame) or pad (letterbox, white).
+    fit: str = "crop"
+
+
+@dataclass
+class SvdSettings:
+    """Stable Video Diffusion (SVD or SVD-XT): which files, dtype and memory mode."""
+
+    #: The spatio-temporal UNet (``UNetSpatioTemporalConditionModel``).
+    unet: Source = field(default_factory=lambda: Source(SVD_REPO, "unet", "fp16"))
+    #: The temporal VAE decoder (``AutoencoderKLTemporalDecoder``).
+    vae: Source = field(default_factory=lambda: Source(SVD_REPO, "vae", "fp16"))
+    #: CLIP ViT-H/14 image encoder for the conditioning embedding.
+    image_encoder: Source = field(default_factory=lambda: Source(SVD_REPO, "image_encoder", "fp16"))
+    #: CLIP image preprocessing config.
+    feature_extractor: Source = field(default_factory=lambda: Source(SVD_REPO, "feature_extractor"))
+    #: EulerDiscreteScheduler config.
+    scheduler: Source = field(default_factory=lambda: Source(SVD_REPO, "scheduler"))
+    #: Weights dtype; SVD ships fp16 files.
+    dtype: str = "float16"
+    #: See ``CascadeSettings.memory_mode``.
+    memory_mode: str = "auto"
+    #: Generation defaults for the Video tab.
+    defaults: SvdDefaults = field(default_factory=SvdDefaults)
+
+
+@dataclass
+class ChatDefaults:
+    """Sampling defaults the Chat tab starts with."""
+
+    #: System prompt pre-filled in the tab.
+    system_prompt: str = "You are a helpful assistant."
+    temperature: float = 0.7
+    top_p: float = 0.95
+    #: 0 turns top-k filtering off.
+    top_k: int = 0
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class StableLMSettings:
+    """StableLM chat: which model, its prompt format, dtype and memory mode."""
+
+    #: The causal LM (StableLM 2 Zephyr 1.6B by default; native transformers, no remote code).
+    model: Source = field(default_factory=lambda: Source(STABLELM_REPO))
+    #: Its tokenizer (usually the same repo).
+    tokenizer: Source = field(default_factory=lambda: Source(STABLELM_REPO))
+    #: chat_template uses the tokenizer's own template (Zephyr models); tuned_alpha is our
+    #: formatter for ``<|SYSTEM|>…<|USER|>…<|ASSISTANT|>`` with its stop tokens.
+    prompt_format: str = "chat_template"
+    #: Human name and license shown in the tab.
+    display_name: str = "StableLM 2 Zephyr 1.6B"
+    license: str = "Stability AI Non-Commercial Research Community License"
+    dtype: str = "bfloat16"
+    #: See ``CascadeSettings.memory_mode``.
+    memory_mode: str = "auto"
+    #: Sampling defaults for the Chat tab.
+    defaults: ChatDefaults = field(default_factory=ChatDefaults)
+
+
+@dataclass
 class PresetSettings:
     """A whole preset after merging: the app-wide keys plus one section per backend."""
 
@@ -83,3 +167,7 @@ class PresetSettings:
     min_vram_gb: float = 0.0
     #: Stable Cascade text-to-image (and later variation and img2img).
     cascade: CascadeSettings = field(default_factory=CascadeSettings)
+    #: Stable Video Diffusion image-to-video.
+    svd: SvdSettings = field(default_factory=SvdSettings)
+    #: StableLM chat.
+    stablelm: StableLMSettings = field(default_factory=StableLMSettings)

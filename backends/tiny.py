@@ -342,6 +342,19 @@ def _build_cascade(root: Path) -> None:
     DDPMWuerstchenScheduler().save_pretrained(root / "scheduler")
 
 
+def _builder_in(module: str) -> Callable[[Path], None]:
+    """A builder that lives in its own module (``build(root)``), imported only when used."""
+
+    def build(root: Path) -> None:
+        import importlib
+
+        importlib.import_module(module).build(root)
+
+    return build
+
+
 _FAMILIES: dict[str, TinyFamily] = {
     "cascade": TinyFamily(build=_build_cascade, version="v2"),
+    "svd": TinyFamily(build=_builder_in("backends.tiny_svd"), version="v1"),
+    "stablelm": TinyFamily(build=_builder_in("backends.tiny_stablelm"), version="v1"),
 }

@@ -229,3 +229,54 @@ def test_reading_applies_the_budget_to_the_cpu_device() -> None:
 def test_budget_parsing() -> None:
     assert parse_budget_gb(None) is None
     assert parse_budget_gb(0.5) == GB // 2
+
+
+def test_stream_holds_the_job_only_while_iterated_and_retries_before_the_first_item() -> None:
+    manager = manager_with(100, {"a": 4})
+    manager.faults.arm("a", times=1)
+    modes: list[MemoryMode] = []
+
+    def tokens():
+        modes.append(manager.mode)
+        with manager.use("a"):
+            yield from ("x", "y", "z")
+
+    assert list(manager.stream(tokens, mode="auto")) == ["x", "y", "z"]
+    assert modes == [MemoryMode.AUTO, MemoryMode.OFFLOAD]
+
+    stream = manager.stream(tokens)
+    assert next(stream) == "x"
+    stream.close()  # Stop: the generator is closed mid-way
+    assert manager.component("a").in_use == 0
+    assert manager.run(lambda: "free") == "free"  # the job lock was released
+
+
+def test_stream_oom_after_output_started_is_reported_not_retried() -> None:
+    manager = manager_with(100, {"a": 4})
+
+    def tokens():
+        yield "x"
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    stream = manager.stream(tokens, what="chat")
+    assert next(stream) == "x"
+    with pytest.raises(OutOfMemory, match="chat"):
+        next(stream)
+
+
+def test_a_stream_may_be_iterated_from_different_threads() -> None:
+    """Gradio runs each step of a streaming handler in whichever worker thread is free."""
+    manager = manager_with(100, {"a": 4})
+
+    def tokens():
+        with manager.use("a"):
+            yield from range(3)
+
+    stream = manager.stream(tokens)
+    got: list[int] = []
+    for _ in range(4):
+        worker = threading.Thread(target=lambda: got.append(next(stream, -1)))
+        worker.start()
+        worker.join()
+    assert got == [0, 1, 2, -1]
+    assert manager.run(lambda: "next job runs") == "next job runs"
