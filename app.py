@@ -156,12 +156,40 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
         gr.Markdown(f"# Cascade Studio\n{DESCRIPTION} Preset **{preset.name}**: "
                     f"{preset.settings.description}. Stable Cascade weights are licensed for "
                     "non-commercial use.")
-        with gr.Tabs():
+        handles: dict[str, dict[str, Any]] = {}
+        with gr.Tabs() as tab_set:
             for name in tabs:
                 with gr.Tab(TAB_TITLES[name], id=name):
-                    importlib.import_module(f"tabs.{name}").build(studio)
+                    handles[name] = importlib.import_module(f"tabs.{name}").build(studio) or {}
+        _wire_send_to(handles, tab_set)
         system.register_api(studio)
     return demo
+
+
+def _wire_send_to(handles: dict[str, dict[str, Any]], tab_set: Any) -> None:
+    """Add a "Send to …" button under the Image tab's result for each tab that takes an image.
+
+    Tabs never import each other; they hand ``app.py`` named components and it connects them.
+    """
+    import gradio as gr
+
+    source = handles.get("image", {})
+    if "send_row" not in source:
+        return
+    for name, target in handles.items():
+        if name == "image" or "image" not in target:
+            continue
+
+        def send(path: str | None, name: str = name) -> tuple[Any, Any]:
+            if not path:
+                gr.Warning("Generate an image first (or click one in the result).")
+                return gr.skip(), gr.skip()
+            return path, gr.Tabs(selected=name)
+
+        with source["send_row"]:
+            button = gr.Button(f"Send to {TAB_TITLES[name]}", size="sm", elem_id=f"send-to-{name}")
+        button.click(send, source["selected_image"], [target["image"], tab_set],
+                     api_visibility="private", queue=False)
 
 
 def launch(args: argparse.Namespace, prevent_thread_lock: bool = False) -> tuple[Any, str]:

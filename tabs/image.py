@@ -60,8 +60,12 @@ def recent_images(studio: Studio) -> list[str]:
     return [str(p) for p in studio.outputs.recent(limit=12)]
 
 
-def build(studio: Studio) -> None:
-    """Build the tab's components and wire its events (call inside a ``gr.Blocks``)."""
+def build(studio: Studio) -> dict[str, Any]:
+    """Build the tab's components and wire its events (call inside a ``gr.Blocks``).
+
+    Returns the handles other tabs are wired to by ``app.py``: ``selected_image`` (a State with
+    the picked result's path) and ``send_row`` (where "Send to …" buttons go).
+    """
     defaults = studio.preset.settings.cascade.defaults
     base = defaults.width
     choices = aspect_choices(base)
@@ -91,12 +95,15 @@ def build(studio: Studio) -> None:
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Result", columns=2, height=512, elem_id="image-gallery",
                                  format="png")
+            # app.py adds one "Send to …" button here for each tab that takes an image.
+            send_row = gr.Row(elem_id="image-send")
             info = gr.JSON(label="Info (seed used, timings, preset, model)")
     with gr.Accordion("Recent outputs", open=False):
         # A callable value is evaluated on every page load, so the history is fresh after a restart.
         history = gr.Gallery(value=lambda: recent_images(studio), label="Recent", columns=6,
                              height=240, show_label=False)
     last_seed = gr.State(value=None)
+    selected = gr.State(value=None)  # path of the result image the user picked (first by default)
 
     def on_aspect(choice: str) -> tuple[int, int]:
         name = choice.split(" ")[0]
@@ -117,12 +124,21 @@ def build(studio: Studio) -> None:
     event = run.click(handler, inputs, [gallery, info], api_name="generate_image", **GPU_QUEUE)
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
+    event.then(lambda data: ((data or {}).get("files") or [None])[0], info, selected,
+               api_visibility="private", queue=False)
+
+    def on_select(data: dict | None, evt: gr.SelectData) -> str | None:
+        files = (data or {}).get("files") or []
+        return files[evt.index] if isinstance(evt.index, int) and evt.index < len(files) else None
+
+    gallery.select(on_select, info, selected, api_visibility="private", queue=False)
 
     def on_stop(request: gr.Request) -> None:
         if studio.stop_job(session_of(request)):
             gr.Info("Stopping after the current step…")
 
     stop.click(on_stop, None, None, cancels=[event], api_visibility="private", queue=False)
+    return {"selected_image": selected, "send_row": send_row}
 
 
 def demo(studio: Studio) -> gr.Blocks:

@@ -51,7 +51,7 @@ def _rows(status: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def build(studio: Studio) -> None:
+def build(studio: Studio) -> dict[str, Any]:
     """Build the tab (call inside a ``gr.Blocks``); refreshes itself every few seconds."""
     # Callable values are evaluated at each page load, so the tab is filled before the first tick.
     summary = gr.Markdown(value=lambda: _summary(studio.status()), elem_id="system-summary")
@@ -78,6 +78,7 @@ def build(studio: Studio) -> None:
     timer.tick(refresh, None, outputs, api_visibility="private", queue=False)
     unload_one.click(do_unload, choice, outputs, api_visibility="private", **GPU_QUEUE)
     unload_all.click(lambda: do_unload("all"), None, outputs, api_visibility="private", **GPU_QUEUE)
+    return {}
 
 
 def demo(studio: Studio) -> gr.Blocks:
