@@ -12,6 +12,7 @@ import importlib
 import ipaddress
 import logging
 import os
+import platform
 import secrets
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -85,6 +86,13 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     if args.vram_budget is not None and args.vram_budget <= 0:
         parser.error(f"--vram-budget: must be a positive number of GB, got {args.vram_budget}")
     args.auth_pairs = _auth_pairs(args, parser)
+    if environ.get("SPACE_ID") and args.host is None:
+        # On a Hugging Face Space the platform proxies the app and decides who may see it (public
+        # or private Space); it must bind 0.0.0.0 and has no console to show a password.
+        args.host, args.no_auth = "0.0.0.0", not args.auth_pairs
+        if args.preset == "auto" and environ.get("SPACES_ZERO_GPU"):
+            # ZeroGPU has no GPU at start-up to measure; lite matches the README's preload list.
+            args.preset = "lite"
     if args.host is None:
         args.host = "0.0.0.0" if args.listen else "127.0.0.1"
     return args
@@ -126,6 +134,22 @@ def resolve_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     logger.warning("LAN access needs a login. User: studio  Password: %s  (set your own with --auth USER:PASS)",
                    password)
     return [("studio", password)]
+
+
+def lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses other devices can reach (loopback and link-local left out)."""
+    import socket
+
+    import psutil
+
+    found = []
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family == socket.AF_INET:
+                address = ipaddress.ip_address(entry.address)
+                if not (address.is_loopback or address.is_link_local):
+                    found.append(entry.address)
+    return sorted(set(found))
 
 
 def cache_dir(models_dir: Path | None) -> Path:
@@ -204,6 +228,14 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False) -> tuple
         prevent_thread_lock=True, quiet=True,
         auth_message="Cascade Studio: log in with the user and password from the console or --auth.")
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
+    if _exposed(args.host):
+        port = demo.server_port
+        addresses = lan_addresses() if args.host == "0.0.0.0" else [args.host]
+        for address in addresses:
+            logger.info("On your network: http://%s:%s/", address, port)
+        if platform.system() == "Windows":
+            logger.info("Windows may ask whether Python may accept connections: allow it for private "
+                        "networks, or other devices cannot connect.")
     if not prevent_thread_lock:
         demo.block_thread()
     return demo, local_url

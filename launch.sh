@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# One-click start: find Python 3.10-3.12, create .venv once, install requirements when they change,
-# then run app.py with every other argument (e.g. ./launch.sh --preset tiny).
-#   --setup-only   install and exit (used by tests/run.sh)
-#   --reinstall    reinstall even if requirements.txt did not change
+# Cascade Studio one-click start (Linux and macOS). launch.bat mirrors it step for step.
+#
+#   ./launch.sh [--reinstall] [--setup-only] [app.py flags...]
+#
+# 1. find Python 3.10-3.12     2. create .venv once
+# 3. install PyTorch for this machine (CUDA build matching the NVIDIA driver, else CPU)
+# 4. install requirements.txt  (steps 3-4 only when requirements.txt changed: a hash stamp)
+# 5. run app.py with every other argument
+#   --reinstall    install again even if requirements.txt did not change
+#   --setup-only   install and exit (tests/run.sh uses it)
+# Environment: STUDIO_TORCH_INDEX=URL forces PyTorch's wheel index (or "default" for PyPI).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
+# ---- options ------------------------------------------------------------------------------
 setup_only=0
 reinstall=0
 app_args=()
@@ -18,6 +26,7 @@ for arg in "$@"; do
   esac
 done
 
+# ---- 1. Python ----------------------------------------------------------------------------
 find_python() {
   for candidate in python3 python3.12 python3.11 python3.10 python; do
     if command -v "$candidate" >/dev/null 2>&1 &&
@@ -29,27 +38,79 @@ find_python() {
   return 1
 }
 
+# ---- 2. virtual environment ---------------------------------------------------------------
 venv="$here/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   if ! python="$(find_python)"; then
-    echo "Cascade Studio needs Python 3.10, 3.11 or 3.12 (with venv). Install one, e.g." >&2
+    echo "Cascade Studio needs Python 3.10, 3.11 or 3.12 (with venv); none was found." >&2
     echo "  Debian/Ubuntu: sudo apt-get install python3 python3-venv" >&2
+    echo "  macOS: brew install python@3.12, or the installer from python.org" >&2
     exit 1
   fi
-  echo "Using $("$python" --version) at $(command -v "$python") to create .venv"
+  echo "Found $("$python" --version 2>&1) at $(command -v "$python"); creating .venv"
   "$python" -m venv "$venv"
+else
+  echo "Using .venv ($("$venv/bin/python" --version 2>&1))"
 fi
+pip=("$venv/bin/python" -m pip)
+
+# ---- 3. PyTorch for this machine ----------------------------------------------------------
+torch_index() {
+  # PyTorch's own wheel index for the newest CUDA the NVIDIA driver supports; empty for PyPI.
+  if [ -n "${STUDIO_TORCH_INDEX:-}" ]; then
+    [ "$STUDIO_TORCH_INDEX" = default ] || echo "$STUDIO_TORCH_INDEX"
+    return 0
+  fi
+  if [ "$(uname -s)" = Darwin ]; then
+    return 0  # PyPI's macOS wheels are the right ones (CPU and Apple GPU)
+  fi
+  local cuda=""
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    cuda="$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n 1)"
+  fi
+  if [ -z "$cuda" ]; then
+    echo "No NVIDIA driver found: installing the CPU build of PyTorch." >&2
+    echo "https://download.pytorch.org/whl/cpu"
+    return 0
+  fi
+  local major="${cuda%%.*}" minor="${cuda#*.}" tag=""
+  if [ "$major" -ge 13 ]; then tag=cu130
+  elif [ "$major" -eq 12 ] && [ "$minor" -ge 8 ]; then tag=cu128
+  elif [ "$major" -eq 12 ] && [ "$minor" -ge 6 ]; then tag=cu126
+  fi
+  if [ -z "$tag" ]; then
+    echo "The NVIDIA driver supports CUDA $cuda, older than PyTorch's builds need (12.6)." >&2
+    echo "Update the driver for GPU speed; installing the CPU build for now." >&2
+    echo "https://download.pytorch.org/whl/cpu"
+    return 0
+  fi
+  echo "NVIDIA driver supports CUDA $cuda: installing PyTorch's $tag build." >&2
+  echo "https://download.pytorch.org/whl/$tag"
+}
 
 stamp="$venv/.requirements.sha256"
-want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+want="$(cat requirements.txt launch.sh | sha256sum | cut -d' ' -f1)"
 if [ "$reinstall" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "Installing requirements into .venv (first start takes a few minutes)..."
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -r requirements.txt
+  echo "Installing into .venv (the first start takes a few minutes)..."
+  "${pip[@]}" install --quiet --upgrade pip
+  torch_pin="$(grep -E '^torch==' requirements.txt)"
+  index="$(torch_index)"
+  if [ -n "$index" ]; then
+    if ! "${pip[@]}" install --quiet --retries 1 "$torch_pin" --index-url "$index"; then
+      echo "PyTorch's index ($index) could not be used; taking $torch_pin from the default index." >&2
+    fi
+  fi
+  # ---- 4. everything else -----------------------------------------------------------------
+  "${pip[@]}" install --quiet -r requirements.txt
   echo "$want" > "$stamp"
+  echo "Installed. Later starts skip this step (use --reinstall to force it)."
+else
+  echo "Requirements unchanged since the last install: skipping it."
 fi
 
 if [ "$setup_only" = 1 ]; then
   exit 0
 fi
+
+# ---- 5. the app (it prints the local URL, and the LAN URLs with --listen) -----------------
 exec "$venv/bin/python" app.py "${app_args[@]+"${app_args[@]}"}"

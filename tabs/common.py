@@ -8,6 +8,7 @@ traceback and reported with its type, so the user has something to search for.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, TypeVar
 
 import gradio as gr
@@ -59,3 +60,22 @@ def standalone(build: Callable[[Any], None], studio: Any, title: str) -> gr.Bloc
     with gr.Blocks(title=title) as blocks:
         build(studio)
     return blocks
+
+
+def zero_gpu() -> bool:
+    """Whether we run on a Hugging Face ZeroGPU Space (the GPU exists only inside wrapped calls)."""
+    return bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
+def on_gpu(handler: Callable[..., T], seconds: Callable[..., int]) -> Callable[..., T]:
+    """Wrap a GPU event handler with ``spaces.GPU`` on ZeroGPU; elsewhere return it unchanged.
+
+    ``seconds`` gets the handler's inputs and estimates how long the call holds the GPU: ZeroGPU
+    queues short requests first and cuts a call off at its duration, so the estimate should cover
+    a cold load plus the steps asked for. ``spaces`` is imported only on ZeroGPU.
+    """
+    if not zero_gpu():
+        return handler
+    import spaces  # only installed on Spaces
+
+    return spaces.GPU(duration=seconds)(handler)
