@@ -9,6 +9,7 @@ rem 4. install requirements.txt  (steps 3-4 only when requirements.txt changed: 
 rem 5. run app.py with every other argument
 rem   --reinstall    install again even if requirements.txt did not change
 rem   --setup-only   install and exit
+rem   --which-torch  print which PyTorch wheel index this machine gets, and exit
 rem Environment: STUDIO_TORCH_INDEX=URL forces PyTorch's wheel index (or "default" for PyPI).
 setlocal enabledelayedexpansion
 cd /d "%~dp0"
@@ -16,6 +17,7 @@ cd /d "%~dp0"
 rem ---- options ------------------------------------------------------------------------------
 set SETUP_ONLY=0
 set REINSTALL=0
+set WHICH_TORCH=0
 set APP_ARGS=
 :parse
 if "%~1"=="" goto parsed
@@ -23,12 +25,21 @@ if "%~1"=="--setup-only" (
   set SETUP_ONLY=1
 ) else if "%~1"=="--reinstall" (
   set REINSTALL=1
+) else if "%~1"=="--which-torch" (
+  set WHICH_TORCH=1
 ) else (
   set APP_ARGS=!APP_ARGS! %1
 )
 shift
 goto parse
 :parsed
+
+rem ---- which PyTorch build fits this machine (step 3 uses it) -------------------------------
+if "%WHICH_TORCH%"=="1" (
+  call :torch_index
+  echo PyTorch index: !INDEX!
+  exit /b 0
+)
 
 rem ---- 1. Python ----------------------------------------------------------------------------
 rem ---- 2. virtual environment ---------------------------------------------------------------

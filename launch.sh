@@ -9,6 +9,7 @@
 # 5. run app.py with every other argument
 #   --reinstall    install again even if requirements.txt did not change
 #   --setup-only   install and exit (tests/run.sh uses it)
+#   --which-torch  print which PyTorch wheel index this machine gets, and exit
 # Environment: STUDIO_TORCH_INDEX=URL forces PyTorch's wheel index (or "default" for PyPI).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,11 +18,13 @@ cd "$here"
 # ---- options ------------------------------------------------------------------------------
 setup_only=0
 reinstall=0
+which_torch=0
 app_args=()
 for arg in "$@"; do
   case "$arg" in
     --setup-only) setup_only=1 ;;
     --reinstall) reinstall=1 ;;
+    --which-torch) which_torch=1 ;;
     *) app_args+=("$arg") ;;
   esac
 done
@@ -38,23 +41,7 @@ find_python() {
   return 1
 }
 
-# ---- 2. virtual environment ---------------------------------------------------------------
-venv="$here/.venv"
-if [ ! -x "$venv/bin/python" ]; then
-  if ! python="$(find_python)"; then
-    echo "Cascade Studio needs Python 3.10, 3.11 or 3.12 (with venv); none was found." >&2
-    echo "  Debian/Ubuntu: sudo apt-get install python3 python3-venv" >&2
-    echo "  macOS: brew install python@3.12, or the installer from python.org" >&2
-    exit 1
-  fi
-  echo "Found $("$python" --version 2>&1) at $(command -v "$python"); creating .venv"
-  "$python" -m venv "$venv"
-else
-  echo "Using .venv ($("$venv/bin/python" --version 2>&1))"
-fi
-pip=("$venv/bin/python" -m pip)
-
-# ---- 3. PyTorch for this machine ----------------------------------------------------------
+# ---- which PyTorch build fits this machine (step 3 uses it) -------------------------------
 torch_index() {
   # PyTorch's own wheel index for the newest CUDA the NVIDIA driver supports; empty for PyPI.
   if [ -n "${STUDIO_TORCH_INDEX:-}" ]; then
@@ -88,9 +75,31 @@ torch_index() {
   echo "https://download.pytorch.org/whl/$tag"
 }
 
+if [ "$which_torch" = 1 ]; then
+  echo "PyTorch index: $(torch_index || true)"
+  exit 0
+fi
+
+# ---- 2. virtual environment ---------------------------------------------------------------
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  if ! python="$(find_python)"; then
+    echo "Cascade Studio needs Python 3.10, 3.11 or 3.12 (with venv); none was found." >&2
+    echo "  Debian/Ubuntu: sudo apt-get install python3 python3-venv" >&2
+    echo "  macOS: brew install python@3.12, or the installer from python.org" >&2
+    exit 1
+  fi
+  echo "Found $("$python" --version 2>&1) at $(command -v "$python"); creating .venv"
+  "$python" -m venv "$venv"
+else
+  echo "Using .venv ($("$venv/bin/python" --version 2>&1))"
+fi
+pip=("$venv/bin/python" -m pip)
+
 stamp="$venv/.requirements.sha256"
 want="$(cat requirements.txt launch.sh | sha256sum | cut -d' ' -f1)"
 if [ "$reinstall" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  # ---- 3. PyTorch for this machine --------------------------------------------------------
   echo "Installing into .venv (the first start takes a few minutes)..."
   "${pip[@]}" install --quiet --upgrade pip
   torch_pin="$(grep -E '^torch==' requirements.txt)"
