@@ -1,4 +1,4 @@
-"""Stable Cascade text-to-image: stage C (prior), stage B (decoder), stage A (VQGAN decode).
+"""Stable Cascade: stage C (prior), stage B (decoder), stage A (VQGAN decode), shared by all tasks.
 
 We run our own sampling loop over the diffusers model classes instead of the Stable Cascade
 pipelines. The pipelines are deprecated and frozen in diffusers 0.42 (``DeprecatedPipelineMixin``),
@@ -9,6 +9,9 @@ step is reported.
 
 The math follows ``StableCascadePriorPipeline`` and ``StableCascadeDecoderPipeline`` of diffusers
 0.42.1 step for step, so the same inputs and noise give the same pixels (a test checks this).
+
+Variation and img2img (``backends.cascade_image``) change only stage C's image conditioning or
+its starting point (``backends.cascade_sampling``); stage C also sends live previews on request.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from backends.cascade_sampling import StageCStart, denoise, noise
 from backends.errors import UnknownNameError
 from backends.loading import LoadContext, Source, load_pretrained
+from backends.previews import preview_channel
 from backends.progress import ProgressFn
-from backends.requests import MAX_PROMPT_CHARS, TextToImageRequest
+from backends.requests import MAX_PROMPT_CHARS, ImageVariationRequest, Img2ImgRequest, TextToImageRequest
 from backends.settings import CascadeSettings
 
 if TYPE_CHECKING:
@@ -58,9 +63,25 @@ _INFO_FIELDS = ("seed", "width", "height", "num_images", "prior_steps", "decoder
                 "decoder_guidance")
 
 
+class CascadeJob(Protocol):
+    """What the stages read from a request: every Cascade request type has these fields."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_images: int
+    seed: int
+    prior_steps: int
+    decoder_steps: int
+    prior_guidance: float
+    decoder_guidance: float
+    truncated: tuple[str, ...]
+
+
 @dataclass
 class ImageResult:
-    """What one text-to-image run gives back."""
+    """What one text-to-image, variation or img2img run gives back."""
 
     #: The decoded images, ``num_images`` of them, at the requested size.
     images: list[Image.Image]
@@ -109,7 +130,7 @@ FULL_SIZE_SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def working_bytes(request: TextToImageRequest, dtype_size: int,
+def working_bytes(request: CascadeJob, dtype_size: int,
                   configs: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Rough peak activation memory of each stage for this request, for the memory manager.
 
@@ -159,7 +180,7 @@ def working_bytes(request: TextToImageRequest, dtype_size: int,
             "decoder": decoder * dtype_size, "vqgan": vqgan}
 
 
-def _estimate(request: TextToImageRequest, stage: str) -> Callable[[torch.nn.Module], int]:
+def _estimate(request: CascadeJob, stage: str) -> Callable[[torch.nn.Module], int]:
     """The manager calls this with the loaded module, so the estimate reads its real config."""
 
     def estimate(module: torch.nn.Module) -> int:
@@ -173,7 +194,7 @@ class CascadeBackend:
     """Stable Cascade on top of the memory manager; one instance serves every request."""
 
     name = "cascade"
-    tasks = ("text_to_image",)
+    tasks = ("text_to_image", "image_variation", "img2img")
 
     def __init__(self, settings: CascadeSettings, manager: MemoryManager, ctx: LoadContext) -> None:
         """Register the four model components with ``manager``; nothing is loaded yet.
@@ -186,6 +207,8 @@ class CascadeBackend:
         from diffusers import StableCascadeUNet
         from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
         from transformers import CLIPTextModelWithProjection
+
+        from backends.cascade_image import ImageParts
 
         self.settings = settings
         self.manager = manager
@@ -202,9 +225,12 @@ class CascadeBackend:
             (VQGAN, PaellaVQModel, settings.vqgan),
         ):
             manager.register(name, self._loader(cls, source))
+        #: Image encoder, EfficientNet encoder and previewer; registered on first use.
+        self.images = ImageParts(self)
 
     def component_names(self) -> list[str]:
-        """The manager names of this backend's modules, in the order a run uses them."""
+        """The manager names of the text-to-image modules, in the order a run uses them (the
+        image-side ones are ``self.images.component_names()``)."""
         return [TEXT_ENCODER, PRIOR, DECODER, VQGAN]
 
     def _loader(self, cls: type, source: Source) -> Any:
@@ -229,20 +255,29 @@ class CascadeBackend:
             return self._tokenizer, self._prior_scheduler, self._decoder_scheduler
 
     # ----- public entry points -------------------------------------------------------------
-    def run(self, task: str, request: TextToImageRequest, progress: ProgressFn) -> ImageResult:
+    def run(self, task: str, request: CascadeJob, progress: ProgressFn) -> ImageResult:
         """Run ``task`` for a validated request, reporting every denoising step to ``progress``.
 
         Raises:
             UnknownNameError: ``task`` is not one of ``tasks``.
+            TypeError: ``request`` is not the task's request type (a programming error).
             Cancelled: raised by ``progress`` when the user pressed Stop.
         """
         if task not in self.tasks:
             known = ", ".join(self.tasks)
             raise UnknownNameError(f"Unknown task {task!r} for {self.name}; known tasks: {known}")
-        return self._text_to_image(request, progress)
+        expected = {"text_to_image": TextToImageRequest, "image_variation": ImageVariationRequest,
+                    "img2img": Img2ImgRequest}[task]
+        if not isinstance(request, expected):
+            raise TypeError(f"{task} needs {expected.__name__}, got {type(request).__name__}")
+        if task == "image_variation":
+            return self.images.variation(request, progress)
+        if task == "img2img":
+            return self.images.img2img(request, progress)
+        return self.generate("text_to_image", request, progress, time.perf_counter(), {})
 
     def decode_latents(
-        self, stage_c_latents: torch.Tensor, request: TextToImageRequest, progress: ProgressFn
+        self, stage_c_latents: torch.Tensor, request: CascadeJob, progress: ProgressFn
     ) -> list[Image.Image]:
         """Run stages B and A on given stage C latents, seeded from ``request.seed``.
 
@@ -257,20 +292,38 @@ class CascadeBackend:
         return self._stage_a(latents, request, progress, timings)
 
     # ----- the stages ----------------------------------------------------------------------
-    def _text_to_image(self, request: TextToImageRequest, progress: ProgressFn) -> ImageResult:
-        started = time.perf_counter()
-        timings: dict[str, float] = {}
-        text = self._encode_text(request, request.num_images, for_prior=True, timings=timings)
-        stage_c = self._stage_c(text, request, progress, timings)
+    def generate(self, task: str, request: CascadeJob, progress: ProgressFn, started: float,
+                 timings: dict[str, float], *, clip_img: torch.Tensor | None = None,
+                 start: StageCStart | None = None, extra_info: Mapping[str, Any] | None = None,
+                 notices: Sequence[str] = ()) -> ImageResult:
+        """Stages C, B and A for any task; the image tasks pass what they computed first.
+
+        Args:
+            task: the task name for the info.
+            started: ``time.perf_counter()`` when the job began (the total includes image encoding).
+            timings: seconds by stage so far; the stages add theirs.
+            clip_img: (n, 1, C) CLIP image embedding for stage C (variation); zeros when None.
+            start: img2img's starting latent; at strength 0 stage C does not run at all.
+            extra_info: task fields for the info JSON.
+            notices: the request's own notices (input conversions and fits).
+        """
+        skip_prior = start is not None and start.steps(request.prior_steps) == 0
+        text = self._encode_text(request, request.num_images, for_prior=not skip_prior, timings=timings)
+        if skip_prior:
+            assert start is not None
+            stage_c = start.latents.expand(request.num_images, -1, -1, -1)
+        else:
+            stage_c = self._stage_c(text, request, progress, timings, clip_img=clip_img, start=start)
         latents = self._stage_b(stage_c, text, request, progress, timings)
         images = self._stage_a(latents, request, progress, timings)
         timings["total"] = time.perf_counter() - started
         s = self.settings
-        notices = [f"{name} cut to {MAX_PROMPT_CHARS} characters" for name in request.truncated]
+        cut = [f"{name} cut to {MAX_PROMPT_CHARS} characters" for name in request.truncated]
         info: dict[str, Any] = {
             "backend": self.name,
-            "task": "text_to_image",
+            "task": task,
             **{key: getattr(request, key) for key in _INFO_FIELDS},
+            **(extra_info or {}),
             "decoder_seed": request.seed + 1,
             "dtype": s.dtype,
             "device": str(self.manager.device),
@@ -278,13 +331,13 @@ class CascadeBackend:
             "stage_c_shape": list(stage_c.shape),
             "stage_b_shape": list(latents.shape),
             "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
-            "notices": notices + text.notices,
+            "notices": [*notices, *cut, *text.notices],
         }
-        logger.info("cascade %dx%d x%d seed %d in %.2f s (%s)", request.width, request.height,
+        logger.info("cascade %s %dx%d x%d seed %d in %.2f s (%s)", task, request.width, request.height,
                     request.num_images, request.seed, timings["total"], info["timings"])
         return ImageResult(images=images, info=info, stage_c_latents=stage_c.cpu().clone())
 
-    def _encode_text(self, request: TextToImageRequest, batch: int, *, for_prior: bool,
+    def _encode_text(self, request: CascadeJob, batch: int, *, for_prior: bool,
                      timings: dict[str, float]) -> _Text:
         """CLIP text features: last hidden state (stage C) and pooled projection (both stages).
 
@@ -321,9 +374,14 @@ class CascadeBackend:
         (hidden, pooled), negative = encoded[0], (encoded[1] if guided else (None, None))
         return _Text(hidden if for_prior else None, pooled, negative[0], negative[1], notices)
 
-    def _stage_c(self, text: _Text, request: TextToImageRequest, progress: ProgressFn,
-                 timings: dict[str, float]) -> torch.Tensor:
-        """Denoise the 16-channel semantic latent (about 24x24 for 1024 px) from text."""
+    def _stage_c(self, text: _Text, request: CascadeJob, progress: ProgressFn, timings: dict[str, float],
+                 *, clip_img: torch.Tensor | None = None, start: StageCStart | None = None) -> torch.Tensor:
+        """Denoise the 16-channel semantic latent (about 24x24 for 1024 px) from text.
+
+        ``clip_img`` is a variation's image embedding (zeros otherwise, as in text-to-image);
+        ``start`` is img2img's noised input instead of pure noise. Previews, when the caller's
+        progress carries a preview channel, come from the previewer after each chosen step.
+        """
         from diffusers import DDPMWuerstchenScheduler
 
         started = time.perf_counter()
@@ -332,14 +390,22 @@ class CascadeBackend:
         guidance = request.prior_guidance
         cfg = guidance > 1
         generator = torch.Generator("cpu").manual_seed(request.seed)
+        scheduler = DDPMWuerstchenScheduler.from_config(prior_scheduler.config)
+        channel = preview_channel(progress)
         need = _estimate(request, "prior")
-        with self.manager.use(PRIOR, need) as prior, torch.inference_mode():
+        # Both modules are placed before inference mode starts; only the compute runs inside it.
+        with self.manager.use(PRIOR, need) as prior, \
+                self.images.previewer(channel, request) as previewer, torch.inference_mode():
             dtype = prior.dtype
             height, width = stage_c_size(request.height, request.width)
             shape = (n, prior.config.in_channels, height, width)
-            latents = _noise(shape, generator, device, dtype)
-            # Text-to-image has no reference image: the image embedding slot gets zeros.
-            clip_img = torch.zeros(n, 1, prior.config.clip_image_in_channels, device=device, dtype=dtype)
+            latents = noise(shape, generator, device, dtype)
+            timesteps = None
+            if start is not None:
+                latents, timesteps = start.begin(latents, scheduler, request.prior_steps)
+            if clip_img is None:
+                clip_img = torch.zeros(n, 1, prior.config.clip_image_in_channels, device=device, dtype=dtype)
+            clip_img = clip_img.to(device, dtype)
             assert text.hidden is not None
             clip_text, clip_pooled = text.hidden, text.pooled
             if cfg:
@@ -348,14 +414,14 @@ class CascadeBackend:
                 clip_pooled = torch.cat([clip_pooled, text.negative_pooled])
                 clip_img = torch.cat([clip_img, torch.zeros_like(clip_img)])
             clip_text, clip_pooled = clip_text.to(device, dtype), clip_pooled.to(device, dtype)
-            scheduler = DDPMWuerstchenScheduler.from_config(prior_scheduler.config)
-            latents = _denoise(prior, scheduler, latents, request.prior_steps, guidance, generator,
-                               STAGE_C, progress, clip_text_pooled=clip_pooled, clip_text=clip_text,
-                               clip_img=clip_img)
+            observe = self.images.preview_observer(channel, previewer, scheduler)
+            latents = denoise(prior, scheduler, latents, request.prior_steps, guidance, generator,
+                              STAGE_C, progress, timesteps=timesteps, observe=observe,
+                              clip_text_pooled=clip_pooled, clip_text=clip_text, clip_img=clip_img)
         timings["prior"] = time.perf_counter() - started
         return latents
 
-    def _stage_b(self, stage_c: torch.Tensor, text: _Text, request: TextToImageRequest,
+    def _stage_b(self, stage_c: torch.Tensor, text: _Text, request: CascadeJob,
                  progress: ProgressFn, timings: dict[str, float]) -> torch.Tensor:
         """Denoise the 4-channel VQGAN latent, conditioned on stage C ("effnet") and pooled text."""
         from diffusers import DDPMWuerstchenScheduler
@@ -378,14 +444,14 @@ class CascadeBackend:
                 effnet = torch.cat([effnet, torch.zeros_like(effnet)])
             pooled = pooled.to(device, dtype)
             height, width = stage_b_size(stage_c.shape[2], stage_c.shape[3])
-            latents = _noise((n, decoder.config.in_channels, height, width), generator, device, dtype)
+            latents = noise((n, decoder.config.in_channels, height, width), generator, device, dtype)
             scheduler = DDPMWuerstchenScheduler.from_config(decoder_scheduler.config)
-            latents = _denoise(decoder, scheduler, latents, request.decoder_steps, guidance, generator,
-                               STAGE_B, progress, clip_text_pooled=pooled, effnet=effnet)
+            latents = denoise(decoder, scheduler, latents, request.decoder_steps, guidance, generator,
+                              STAGE_B, progress, clip_text_pooled=pooled, effnet=effnet)
         timings["decoder"] = time.perf_counter() - started
         return latents
 
-    def _stage_a(self, latents: torch.Tensor, request: TextToImageRequest, progress: ProgressFn,
+    def _stage_a(self, latents: torch.Tensor, request: CascadeJob, progress: ProgressFn,
                  timings: dict[str, float]) -> list[Image.Image]:
         """Decode VQGAN latents to pixels (4x upscale) and convert to 8-bit images."""
         started = time.perf_counter()
@@ -399,40 +465,3 @@ class CascadeBackend:
         progress(STAGE_A, 1, 1)
         return images
 
-
-def _noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
-           dtype: torch.dtype) -> torch.Tensor:
-    """Gaussian noise drawn on the CPU generator, then moved: the same numbers on every device."""
-    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
-
-
-def _denoise(model: torch.nn.Module, scheduler: Any, latents: torch.Tensor, steps: int, guidance: float,
-             generator: torch.Generator, stage: str, progress: ProgressFn,
-             **conditioning: torch.Tensor) -> torch.Tensor:
-    """The Würstchen DDPM loop shared by stages C and B.
-
-    ``conditioning`` is already doubled (conditional first, unconditional second) when
-    ``guidance > 1``; the latents are doubled here. The timestep ratio is cast to the model dtype
-    before it reaches the scheduler, exactly as the pipelines do, so bfloat16 runs match them too.
-    """
-    cfg = guidance > 1
-    scheduler.set_timesteps(steps, device=latents.device)
-    # The scheduler lists steps + 1 ratios from 1 to 0; the last one is only the target of the
-    # final step.
-    timesteps = scheduler.timesteps[:-1]
-    latents = latents * scheduler.init_noise_sigma
-    for index, t in enumerate(timesteps):
-        ratio = t.expand(latents.size(0)).to(latents.dtype)
-        prediction = model(
-            sample=torch.cat([latents] * 2) if cfg else latents,
-            timestep_ratio=torch.cat([ratio] * 2) if cfg else ratio,
-            return_dict=False,
-            **conditioning,
-        )[0]
-        if cfg:
-            conditional, unconditional = prediction.chunk(2)
-            prediction = torch.lerp(unconditional, conditional, guidance)
-        latents = scheduler.step(model_output=prediction, timestep=ratio, sample=latents,
-                                 generator=generator).prev_sample
-        progress(stage, index + 1, len(timesteps))
-    return latents

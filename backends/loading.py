@@ -81,7 +81,11 @@ def load_pretrained(cls: type[T], source: Source, ctx: LoadContext, **kwargs: An
         options["revision"] = source.revision
     import torch  # local: this module stays importable without torch for presets and tabs
 
-    if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+    # Weights are safetensors only (a pickle can run code). transformers' Auto classes are
+    # factories, not nn.Module subclasses, but load weights all the same.
+    loads_weights = isinstance(cls, type) and (issubclass(cls, torch.nn.Module)
+                                               or cls.__name__.startswith("AutoModel"))
+    if loads_weights:
         options["use_safetensors"] = True
         if source.variant:
             options["variant"] = source.variant
@@ -104,3 +108,99 @@ def load_pretrained(cls: type[T], source: Source, ctx: LoadContext, **kwargs: An
         ) from error
     logger.info("loaded %s from %s in %.2f s", cls.__name__, where, time.perf_counter() - started)
     return loaded
+
+
+# ----- single safetensors files (the EfficientNet encoder and previewer at a repo root) ----------
+
+def resolve_file(source: Source, filename: str, ctx: LoadContext) -> Path:
+    """The local path of ``filename`` in ``source``'s folder, downloading it from the hub if needed.
+
+    A ``tiny:`` source or a local folder is read in place; a hub repo goes through
+    ``hf_hub_download`` with the same cache and offline rules as ``load_pretrained``. A variant
+    names ``<stem>.<variant>.safetensors`` (the diffusers spelling).
+
+    Raises:
+        ModelUnavailable: the file is missing locally (offline) or could not be fetched.
+    """
+    if source.variant:
+        stem, dot, suffix = filename.rpartition(".")
+        filename = f"{stem}.{source.variant}{dot}{suffix}"
+    where = f"{filename} from {source.repo}" + (f" (subfolder {source.subfolder})" if source.subfolder else "")
+    target = Path(resolve_repo(source, ctx))
+    if source.repo.startswith(TINY_PREFIX) or target.is_dir():
+        path = target / (source.subfolder or "") / filename
+        if not path.is_file():
+            raise ModelUnavailable(f"Could not load {where}: there is no {path}.")
+        return path
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError  # not an OSError in huggingface_hub 2.x
+
+    started = time.perf_counter()
+    try:
+        path = Path(hf_hub_download(
+            source.repo, filename, subfolder=source.subfolder, revision=source.revision,
+            cache_dir=str(ctx.models_dir) if ctx.models_dir is not None else None,
+            local_files_only=ctx.offline,
+        ))
+    except (OSError, ValueError, EntryNotFoundError) as error:
+        hint = (
+            "the app is offline (--offline, --preset tiny or HF_HUB_OFFLINE=1): start it online once "
+            "to download the file, or pick a preset whose files you have"
+            if ctx.offline
+            else "check the repo name, your network and, for gated repos, that you accepted the "
+            "license on the model page and set HF_TOKEN"
+        )
+        raise ModelUnavailable(
+            f"Could not load {where}: {hint}. ({type(error).__name__}: {str(error)[:300]})"
+        ) from error
+    logger.info("resolved %s in %.2f s", where, time.perf_counter() - started)
+    return path
+
+
+def read_safetensors(source: Source, filename: str, ctx: LoadContext) -> tuple[dict[str, Any], dict[str, str], str]:
+    """Tensors and metadata of one safetensors file (CPU), plus a description of where it came from.
+
+    Safetensors only: it cannot run code, unlike a pickled checkpoint.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = resolve_file(source, filename, ctx)
+    where = f"{filename} ({path})"
+    started = time.perf_counter()
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (OSError, SafetensorError) as error:
+        raise ModelUnavailable(f"Could not read {where}: {error}. Delete the file so it is downloaded "
+                               "again, or fix the preset's source.") from error
+    logger.info("read %s: %d tensors in %.2f s", where, len(tensors), time.perf_counter() - started)
+    return tensors, metadata, where
+
+
+def load_state_dict_strict(module: Any, state: dict[str, Any], where: str) -> None:
+    """Load ``state`` into ``module`` (possibly built on the meta device) key for key and shape for shape.
+
+    The error names what differs: missing keys, unexpected keys, and shape mismatches (a few of
+    each, with the counts). A missing BatchNorm ``num_batches_tracked`` is allowed, as torch
+    itself allows it: the counter is unused at inference and older checkpoints lack it.
+
+    Raises:
+        ModelUnavailable: the file does not fit the module.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} (file {list(state[k].shape)}, model {list(v.shape)})"
+             for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+
+    def listed(label: str, items: list[str]) -> str:
+        more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+        return f"{label} ({len(items)}): {', '.join(items[:5])}{more}"
+
+    problems = [listed(label, items) for label, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if items]
+    if problems:
+        raise ModelUnavailable(f"{where} does not match {type(module).__name__}: " + "; ".join(problems)
+                               + ". Is it the right file for this component?")
+    module.load_state_dict(state, strict=True, assign=True)

@@ -156,3 +156,118 @@ class TextToImageRequest:
         data = asdict(self)
         data["truncated"] = list(self.truncated)
         return data
+
+
+# ----- image-conditioned Stable Cascade (variation and img2img) --------------------------------
+
+#: Output area when width and height come from the input image: the preset's default size.
+DEFAULT_AREA = 1024 * 1024
+
+
+def parse_size_or_auto(field: str, value: Any) -> int | None:
+    """Like ``parse_size``, but 0, empty or None means "from the input image" (returns None)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0:
+        return None
+    if isinstance(value, str) and value.strip() in ("0", "0.0"):
+        return None
+    return parse_size(field, value)
+
+
+@dataclass(frozen=True)
+class _ImageJob:
+    """Fields shared by the image-conditioned requests; ``seed`` is never -1 here."""
+
+    #: The checked RGB input (at most 2048 px a side; see ``backends.image_input``).
+    image: Any
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_images: int
+    seed: int
+    #: Sampling settings the contract leaves to the preset (its ``cascade.defaults``).
+    prior_steps: int
+    decoder_steps: int
+    prior_guidance: float
+    decoder_guidance: float
+    #: The input's size before any fit, for the info.
+    input_size: tuple[int, int] = (0, 0)
+    #: Conversions and fits applied to the input, reported in the info.
+    notices: tuple[str, ...] = ()
+    #: Fields whose text was cut to MAX_PROMPT_CHARS.
+    truncated: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able parameters (the image itself is described by its size, not embedded)."""
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ("image", "notices")}
+        data["input_size"] = list(self.input_size)
+        data["truncated"] = list(self.truncated)
+        return data
+
+
+def _image_fields(image: Any, prompt: Any, negative_prompt: Any, width: Any, height: Any,
+                  sampling: dict[str, Any], area: int) -> dict[str, Any]:
+    """Validate the fields both image requests share, in contract order; fit the size."""
+    from backends.image_input import fit_output_size, load_image  # PIL: only when used
+
+    checked = load_image("image", image)
+    text, cut = parse_text("prompt", prompt)
+    negative, cut_negative = parse_text("negative_prompt", negative_prompt)
+    given_w, given_h = parse_size_or_auto("width", width), parse_size_or_auto("height", height)
+    out_w, out_h = fit_output_size(given_w, given_h, checked.image.size, area, SIZE_MULTIPLE, MIN_SIZE, MAX_SIZE)
+    notices = list(checked.notices)
+    if given_w is None or given_h is None:
+        notices.append(f"output size {out_w}×{out_h} from the input's aspect ratio")
+    return dict(
+        image=checked.image, prompt=text, negative_prompt=negative, width=out_w, height=out_h,
+        prior_steps=parse_int("prior_steps", sampling.get("prior_steps", 20), 1, MAX_PRIOR_STEPS),
+        decoder_steps=parse_int("decoder_steps", sampling.get("decoder_steps", 10), 1, MAX_DECODER_STEPS),
+        prior_guidance=parse_float("prior_guidance", sampling.get("prior_guidance", 4.0), 0.0, MAX_GUIDANCE),
+        decoder_guidance=parse_float("decoder_guidance", sampling.get("decoder_guidance", 0.0), 0.0, MAX_GUIDANCE),
+        input_size=checked.original_size, notices=tuple(notices),
+        truncated=tuple(name for name, was in (("prompt", cut), ("negative_prompt", cut_negative)) if was),
+    )
+
+
+@dataclass(frozen=True)
+class ImageVariationRequest(_ImageJob):
+    """Variations of an image: its CLIP image embedding conditions stage C (plus an optional prompt)."""
+
+    @classmethod
+    def build(cls, image: Any, prompt: Any, negative_prompt: Any, width: Any, height: Any,
+              num_images: Any, seed: Any, *, area: int = DEFAULT_AREA,
+              sampling: dict[str, Any] | None = None) -> "ImageVariationRequest":
+        """Validate raw inputs in the ``/image_variation`` order.
+
+        Args:
+            image: a file path or PIL image; see ``backends.image_input`` for the rules.
+            width, height: a size like text-to-image, or 0 / empty for "from the input".
+            area: output pixels aimed at when the size comes from the input (the preset's default).
+            sampling: ``prior_steps``, ``decoder_steps``, ``prior_guidance``, ``decoder_guidance``
+                (the preset's defaults; the contract does not expose them).
+        """
+        fields = _image_fields(image, prompt, negative_prompt, width, height, sampling or {}, area)
+        return cls(num_images=parse_int("num_images", num_images, 1, MAX_IMAGES),
+                   seed=parse_seed("seed", seed), **fields)
+
+
+@dataclass(frozen=True)
+class Img2ImgRequest(_ImageJob):
+    """img2img: the image's stage C latent, noised to ``strength``, denoised again with the prompt."""
+
+    #: 0 keeps the input's latent as it is, 1 ignores the input (plain text-to-image).
+    strength: float = 0.8
+
+    @classmethod
+    def build(cls, image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any, height: Any,
+              seed: Any, *, area: int = DEFAULT_AREA,
+              sampling: dict[str, Any] | None = None) -> "Img2ImgRequest":
+        """Validate raw inputs in the ``/img2img`` order (one image per request, as in the contract).
+
+        Args: as ``ImageVariationRequest.build``; ``strength`` is a number in [0, 1].
+        """
+        fields = _image_fields(image, prompt, negative_prompt, width, height, sampling or {}, area)
+        return cls(strength=parse_float("strength", strength, 0.0, 1.0), num_images=1,
+                   seed=parse_seed("seed", seed), **fields)

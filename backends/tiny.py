@@ -219,7 +219,8 @@ def _cascade_block_types(levels: str) -> tuple[tuple[str, ...], ...]:
 
 
 def _build_cascade(root: Path) -> None:
-    """Write a tiny Stable Cascade: both CLIP encoders, tokenizer, stages C, B, A and scheduler."""
+    """Write a tiny Stable Cascade: both CLIP encoders, tokenizer, stages C, B, A, scheduler,
+    and the EfficientNet encoder and previewer."""
     from diffusers import DDPMWuerstchenScheduler, StableCascadeUNet
     from diffusers.pipelines.deprecated.wuerstchen.modeling_paella_vq_model import PaellaVQModel
     from transformers import (
@@ -340,6 +341,67 @@ def _build_cascade(root: Path) -> None:
     vqgan.save_pretrained(root / "vqgan")
 
     DDPMWuerstchenScheduler().save_pretrained(root / "scheduler")
+    _build_cascade_image_models(root)
+
+
+def _build_cascade_image_models(root: Path) -> None:
+    """The EfficientNet encoder and previewer: single safetensors files at the root, as released.
+
+    They share our module code with the real ones (narrower and shallower) and carry their config
+    in the file's metadata. Their BatchNorm statistics are measured on random input, as training
+    would set them: with arbitrary statistics the input's signal fades within a few random layers
+    and every image would encode to nearly the same latent.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from backends import effnet, previewer
+
+    config = effnet.EffnetConfig(
+        stem=8,
+        stages=(
+            effnet.StageSpec(True, 1, 1, 8, 1),
+            effnet.StageSpec(True, 4, 2, 16, 1),
+            effnet.StageSpec(True, 4, 2, 16, 1),
+            effnet.StageSpec(False, 4, 2, 24, 2),
+            effnet.StageSpec(False, 6, 1, 24, 1),
+            effnet.StageSpec(False, 6, 2, 32, 2),
+        ),
+        head=64,
+    )
+    with _seeded(6):
+        encoder = effnet.EfficientNetEncoder(config)
+        # Smooth random pictures, normalised like real input.
+        pictures = torch.nn.functional.interpolate(torch.rand(16, 3, 8, 8), size=256, mode="bilinear")
+        mean, std = torch.tensor(effnet.MEAN).view(1, 3, 1, 1), torch.tensor(effnet.STD).view(1, 3, 1, 1)
+        _calibrate_norms(encoder, (pictures - mean) / std)
+    save_file(encoder.state_dict(), root / effnet.EFFNET_FILE, metadata={effnet.CONFIG_KEY: config.to_json()})
+
+    with _seeded(7):
+        preview = previewer.Previewer(c_in=16, c_hidden=32, c_out=3)
+        _calibrate_norms(preview, torch.randn(8, 16, 8, 8))
+    metadata = {previewer.CONFIG_KEY: json.dumps({"c_in": 16, "c_hidden": 32, "c_out": 3})}
+    save_file(preview.state_dict(), root / previewer.PREVIEWER_FILE, metadata=metadata)
+
+
+def _calibrate_norms(module: torch.nn.Module, inputs: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of ``inputs``, then randomise the affine
+    parameters a little (call seeded); leaves the module in eval mode."""
+    import torch
+
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: after one batch, exactly its statistics
+    module.train()
+    with torch.no_grad():
+        module(inputs)
+        for norm in norms:
+            norm.momentum = 0.1
+            if norm.affine:
+                norm.weight.uniform_(0.8, 1.2)
+                norm.bias.normal_(0.0, 0.1)
+    module.eval()
 
 
 def _builder_in(module: str) -> Callable[[Path], None]:
@@ -354,7 +416,7 @@ def _builder_in(module: str) -> Callable[[Path], None]:
 
 
 _FAMILIES: dict[str, TinyFamily] = {
-    "cascade": TinyFamily(build=_build_cascade, version="v2"),
+    "cascade": TinyFamily(build=_build_cascade, version="v3"),
     "svd": TinyFamily(build=_builder_in("backends.tiny_svd"), version="v1"),
     "stablelm": TinyFamily(build=_builder_in("backends.tiny_stablelm"), version="v1"),
 }

@@ -2,20 +2,23 @@
 
 The ``/generate_image`` event takes exactly DESIGN.md's inputs, in order. Numeric inputs are plain
 ``gr.Number`` fields: Gradio's own range checks (on sliders, or numbers with bounds) reject bad
-values with a message that does not name the field, so ours do the checking instead.
+values with a message that does not name the field, so ours do the checking instead. The live
+previews switch reaches the handler as a ``gr.State``, which is not an API input: API calls run
+without previews and get the final gallery and info only.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import gradio as gr
 
 from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors
+from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone
+from tabs.streaming import image_job
 
 logger = logging.getLogger(__name__)
 
@@ -36,24 +39,11 @@ def aspect_choices(base: int) -> list[str]:
     return [f"{name} ({w}×{h})" for name, ratio in ASPECTS.items() for w, h in [aspect_size(ratio, base)]]
 
 
-def generate(studio: Studio, inputs: list[Any], request: gr.Request | None,
-             progress: gr.Progress) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    """Validate, run text-to-image through the registry, save atomically, return gallery + info."""
-    session = session_of(request)
-
-    def work() -> tuple[list[tuple[str, str]], dict[str, Any]]:
-        req = TextToImageRequest.build(*inputs)
-        control = studio.start_job(session)
-        try:
-            result = studio.registry.run("text_to_image", req, control.wrap(gradio_progress(progress)))
-        finally:
-            studio.finish_job(session, control)
-        info = {**result.info, "seed": req.seed, "preset": studio.preset.name}
-        paths = studio.outputs.save_images(result.images, {**req.as_dict(), **info})
-        info["files"] = [str(p) for p in paths]
-        return [(str(p), f"seed {req.seed} #{i + 1}") for i, p in enumerate(paths)], info
-
-    return user_errors("Image generation", work)
+def generate(studio: Studio, inputs: list[Any], previews: Any, request: gr.Request | None,
+             progress: gr.Progress) -> Iterator[tuple[Any, Any]]:
+    """Validate, run text-to-image (streaming previews when asked), save atomically, yield gallery + info."""
+    yield from image_job(studio, "text_to_image", lambda: TextToImageRequest.build(*inputs), previews,
+                         request, progress, what="Image generation")
 
 
 def gpu_seconds(prompt: Any, negative: Any, width: Any, height: Any, prior_steps: Any,
@@ -107,6 +97,8 @@ def build(studio: Studio) -> dict[str, Any]:
                 seed = gr.Number(value=-1, label="Seed", info="-1 picks a random seed", scale=3)
                 random_seed = gr.Button("Random", scale=1, size="sm")
                 reuse_seed = gr.Button("Reuse last", scale=1, size="sm")
+            previews_box = gr.Checkbox(value=False, label="Live previews",
+                                       info="Show stage C's progress as small previews (slightly slower)")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="image-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="image-stop")
@@ -122,6 +114,8 @@ def build(studio: Studio) -> dict[str, Any]:
                              height=240, show_label=False)
     last_seed = gr.State(value=None)
     selected = gr.State(value=None)  # path of the result image the user picked (first by default)
+    previews = gr.State(value=False)  # the switch, as an input that API calls do not see
+    previews_box.change(lambda on: on, previews_box, previews, api_visibility="private", queue=False)
 
     def on_aspect(choice: str) -> tuple[int, int]:
         name = choice.split(" ")[0]
@@ -136,11 +130,12 @@ def build(studio: Studio) -> dict[str, Any]:
               decoder_guidance, num_images, seed]
 
     def handler(p: Any, n: Any, w: Any, h: Any, ps: Any, ds: Any, pg: Any, dg: Any, k: Any, s: Any,
-                request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, Any]:
-        return generate(studio, [p, n, w, h, ps, ds, pg, dg, k, s], request, progress)
+                show_previews: Any, request: gr.Request,
+                progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        yield from generate(studio, [p, n, w, h, ps, ds, pg, dg, k, s], show_previews, request, progress)
 
-    event = run.click(on_gpu(handler, gpu_seconds), inputs, [gallery, info], api_name="generate_image",
-                      **GPU_QUEUE)
+    event = run.click(on_gpu(handler, gpu_seconds), [*inputs, previews], [gallery, info],
+                      api_name="generate_image", **GPU_QUEUE)
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
     event.then(lambda data: ((data or {}).get("files") or [None])[0], info, selected,

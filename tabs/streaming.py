@@ -1,0 +1,125 @@
+"""Image jobs from a tab, with optional live previews streamed into the result gallery.
+
+Shared by the Image and Variation tabs (a helper like ``tabs.common``, not a tab). A handler is a
+generator: with previews off it runs the job and yields the result once, exactly as a plain
+handler would (the API endpoints always run this way: their previews switch is a ``gr.State``,
+which is not an API input, and defaults to off). With previews on, the job runs on a worker
+thread and its previews reach the gallery as they arrive; the final images replace them.
+
+Previews cross threads through a queue, so the backend never sees Gradio: it calls a plain
+``PreviewFn`` (``backends.previews``). The worker runs in a copy of the handler's context, which
+is where Gradio keeps the event that ``gr.Progress`` reports to.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+from PIL import Image
+
+from backends.previews import WithPreviews
+from backends.studio import Studio
+from tabs.common import gradio_progress, session_of, user_errors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One preview report from the worker: a small picture per image of the batch."""
+
+    images: list[Image.Image]
+    step: int
+    total: int
+
+
+class _Finished:
+    """Queue sentinel: the worker is done (its outcome is in ``_Outcome``)."""
+
+
+@dataclass
+class _Outcome:
+    result: Any = None
+    error: Exception | None = None
+
+
+def run_job(studio: Studio, session: str, task: str, request: Any, progress: gr.Progress, *,
+            previews: bool, every: int, what: str) -> Iterator[Preview | Any]:
+    """Run ``task`` through the registry; yield ``Preview`` items (when asked), then the result.
+
+    Stop works as for any job (the session's Stop flag is checked at every step). If the consumer
+    goes away early (the event was cancelled), the job is told to stop at its next step.
+
+    Raises:
+        gr.Error: the job failed; the message is the user-facing one (``user_errors``).
+    """
+    control = studio.start_job(session)
+    report = control.wrap(gradio_progress(progress))
+    worker: threading.Thread | None = None
+    try:
+        if not previews:
+            yield user_errors(what, lambda: studio.registry.run(task, request, report))
+            return
+        events: queue.Queue[Preview | _Finished] = queue.Queue()
+        outcome = _Outcome()
+
+        def on_preview(images: list[Image.Image], step: int, total: int) -> None:
+            events.put(Preview(images, step, total))
+
+        def work() -> None:
+            try:
+                outcome.result = studio.registry.run(task, request, WithPreviews(report, on_preview, every))
+            except Exception as error:  # handed to the handler thread, which raises it
+                outcome.error = error
+            finally:
+                events.put(_Finished())
+
+        context = contextvars.copy_context()
+        worker = threading.Thread(target=context.run, args=(work,), name=f"{task}-{session[:8]}", daemon=True)
+        worker.start()
+        while not isinstance(item := events.get(), _Finished):
+            yield item
+        worker.join()
+        if outcome.error is not None:
+            error = outcome.error
+            user_errors(what, lambda: _raise(error))
+        yield outcome.result
+    finally:
+        if worker is not None and worker.is_alive():
+            logger.info("%s: the client left; stopping the job at its next step", what)
+            control.cancel()
+        studio.finish_job(session, control)
+
+
+def _raise(error: Exception) -> Any:
+    raise error
+
+
+def image_job(studio: Studio, task: str, build: Callable[[], Any], previews: Any, request: gr.Request | None,
+              progress: gr.Progress, *, what: str) -> Iterator[tuple[Any, Any]]:
+    """A whole image handler: validate, run (streaming previews), save atomically, yield gallery + info.
+
+    Args:
+        build: validates the raw inputs into a request (raises ``InputError`` naming the field).
+        previews: the tab's previews switch (a ``gr.State``; off for API calls).
+    """
+    session = session_of(request)
+    job = user_errors(what, build)
+    every = studio.preset.settings.cascade.defaults.preview_every
+    result = None
+    for item in run_job(studio, session, task, job, progress, previews=bool(previews), every=every, what=what):
+        if isinstance(item, Preview):
+            caption = f"preview: stage C step {item.step}/{item.total}"
+            yield [(image, caption) for image in item.images], gr.skip()
+        else:
+            result = item
+    info = {**result.info, "seed": job.seed, "preset": studio.preset.name}
+    paths = user_errors(what, lambda: studio.outputs.save_images(result.images, {**job.as_dict(), **info}))
+    info["files"] = [str(p) for p in paths]
+    yield [(str(p), f"seed {job.seed} #{i + 1}") for i, p in enumerate(paths)], info

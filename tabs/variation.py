@@ -1,0 +1,162 @@
+"""Variation / img2img tab: Stable Cascade from an input image, in two modes.
+
+- **Variations** (``/image_variation``): new images like the input; its CLIP image embedding
+  conditions stage C, with an optional prompt.
+- **img2img** (``/img2img``): the input's stage C latent noised by ``strength`` (0 keeps the image,
+  1 ignores it) and denoised again with the prompt.
+
+Each mode has its own Generate button, so each API event takes exactly DESIGN.md's inputs in order.
+The input is a ``gr.File`` of image type with a preview beside it, not a ``gr.Image``: Gradio 6.31's
+``gr.Image`` decodes every upload before the handler runs (even with ``type="filepath"``), so an
+unreadable or oversized file would fail inside Gradio with a message that names no field. With a
+file input, ``backends.image_input`` checks it and says what is wrong. Numeric inputs are plain
+``gr.Number`` fields, for the same reason as in the Image tab. Width and height 0 mean "from the
+input's aspect ratio"; sampling steps and guidance come from the preset (the Image tab's defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import gradio as gr
+
+from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, ImageVariationRequest, Img2ImgRequest
+from backends.studio import Studio
+from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone
+from tabs.streaming import image_job
+
+logger = logging.getLogger(__name__)
+
+
+def _sampling(studio: Studio) -> tuple[dict[str, Any], int]:
+    """The preset's sampling defaults and default output area (for sizes taken from the input)."""
+    d = studio.preset.settings.cascade.defaults
+    sampling = {"prior_steps": d.prior_steps, "decoder_steps": d.decoder_steps,
+                "prior_guidance": d.prior_guidance, "decoder_guidance": d.decoder_guidance}
+    return sampling, d.width * d.height
+
+
+def _seconds(studio: Studio, width: Any, height: Any, images: Any) -> int:
+    """ZeroGPU duration: as the Image tab's estimate (cold load + 0.25 s a step per megapixel and
+    image), with the preset's steps; a size of 0 counts as the default area."""
+    sampling, area = _sampling(studio)
+    try:
+        pixels = float(width) * float(height) or float(area)
+        count = max(1.0, float(images))
+    except (TypeError, ValueError):
+        return 60  # invalid input fails fast in the handler; any duration will do
+    steps = sampling["prior_steps"] + sampling["decoder_steps"]
+    return int(min(300, max(30, 30 + 0.25 * steps * pixels / 2**20 * count)))
+
+
+def variation(studio: Studio, inputs: list[Any], previews: Any, request: gr.Request | None,
+              progress: gr.Progress) -> Iterator[tuple[Any, Any]]:
+    """Validate, run an image variation (streaming previews when asked), save, yield gallery + info."""
+    sampling, area = _sampling(studio)
+    yield from image_job(studio, "image_variation",
+                         lambda: ImageVariationRequest.build(*inputs, area=area, sampling=sampling),
+                         previews, request, progress, what="Image variation")
+
+
+def img2img(studio: Studio, inputs: list[Any], previews: Any, request: gr.Request | None,
+            progress: gr.Progress) -> Iterator[tuple[Any, Any]]:
+    """Validate, run img2img (streaming previews when asked), save, yield gallery + info."""
+    sampling, area = _sampling(studio)
+    yield from image_job(studio, "img2img", lambda: Img2ImgRequest.build(*inputs, area=area, sampling=sampling),
+                         previews, request, progress, what="img2img")
+
+
+def build(studio: Studio) -> dict[str, Any]:
+    """Build the tab's components and wire its events (call inside a ``gr.Blocks``).
+
+    Returns ``{"image": ...}``: the input that ``app.py``'s "Send to Variation / img2img" fills.
+    """
+    defaults = studio.preset.settings.cascade.defaults
+    size_info = f"0 = from the input's aspect ratio; else {MIN_SIZE}–{MAX_SIZE}, multiple of {SIZE_MULTIPLE}"
+    with gr.Row():
+        with gr.Column(scale=2):
+            with gr.Row():
+                image = gr.File(label="Input image", file_types=["image"], type="filepath",
+                                elem_id="variation-image")
+                shown = gr.Image(label="Input preview", interactive=False, height=200,
+                                 elem_id="variation-input-preview")
+            prompt = gr.Textbox(label="Prompt", lines=2,
+                                placeholder="Optional for variations; describes the result for img2img")
+            negative = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt, lines=1)
+            with gr.Tabs():
+                with gr.Tab("Variations", id="variations"):
+                    num_images = gr.Number(value=defaults.num_images, label="Images", info="1–4")
+                    run_variation = gr.Button("Generate variations", variant="primary",
+                                              elem_id="variation-generate")
+                with gr.Tab("img2img", id="img2img"):
+                    strength = gr.Number(value=defaults.strength, label="Strength",
+                                         info="0–1: 0 keeps the image, 1 ignores it")
+                    run_img2img = gr.Button("Generate img2img", variant="primary", elem_id="img2img-generate")
+            with gr.Accordion("Size", open=False):
+                with gr.Row():
+                    width = gr.Number(value=0, label="Width", info=size_info)
+                    height = gr.Number(value=0, label="Height", info=size_info)
+            with gr.Row():
+                seed = gr.Number(value=-1, label="Seed", info="-1 picks a random seed", scale=3)
+                random_seed = gr.Button("Random", scale=1, size="sm")
+                reuse_seed = gr.Button("Reuse last", scale=1, size="sm")
+            previews_box = gr.Checkbox(value=False, label="Live previews",
+                                       info="Show stage C's progress as small previews (slightly slower)")
+            stop = gr.Button("Stop", variant="stop", elem_id="variation-stop")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Result", columns=2, height=512, elem_id="variation-gallery",
+                                 format="png")
+            info = gr.JSON(label="Info (seed used, input fits, timings, preset, model)")
+    last_seed = gr.State(value=None)
+    previews = gr.State(value=False)  # the switch, as an input that API calls do not see
+
+    image.change(lambda path: path, image, shown, api_visibility="private", queue=False)
+    previews_box.change(lambda on: on, previews_box, previews, api_visibility="private", queue=False)
+    random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
+    reuse_seed.click(lambda last: -1 if last is None else last, last_seed, seed,
+                     api_visibility="private", queue=False)
+
+    # Parameter names are the contract's: API clients may pass them as keywords.
+    def variation_handler(image: Any, prompt: Any, negative_prompt: Any, width: Any, height: Any,
+                          num_images: Any, seed: Any, show_previews: Any, request: gr.Request,
+                          progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        inputs = [image, prompt, negative_prompt, width, height, num_images, seed]
+        yield from variation(studio, inputs, show_previews, request, progress)
+
+    def img2img_handler(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any,
+                        height: Any, seed: Any, show_previews: Any, request: gr.Request,
+                        progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        inputs = [image, prompt, negative_prompt, strength, width, height, seed]
+        yield from img2img(studio, inputs, show_previews, request, progress)
+
+    def variation_seconds(image: Any, prompt: Any, negative_prompt: Any, width: Any, height: Any,
+                          num_images: Any, *_: Any, **__: Any) -> int:
+        return _seconds(studio, width, height, num_images)
+
+    def img2img_seconds(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any,
+                        height: Any, *_: Any, **__: Any) -> int:
+        return _seconds(studio, width, height, 1)
+
+    events = [
+        run_variation.click(on_gpu(variation_handler, variation_seconds),
+                            [image, prompt, negative, width, height, num_images, seed, previews],
+                            [gallery, info], api_name="image_variation", **GPU_QUEUE),
+        run_img2img.click(on_gpu(img2img_handler, img2img_seconds),
+                          [image, prompt, negative, strength, width, height, seed, previews],
+                          [gallery, info], api_name="img2img", **GPU_QUEUE),
+    ]
+    for event in events:
+        event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
+
+    def on_stop(request: gr.Request) -> None:
+        if studio.stop_job(session_of(request)):
+            gr.Info("Stopping after the current step…")
+
+    stop.click(on_stop, None, None, cancels=events, api_visibility="private", queue=False)
+    return {"image": image}
+
+
+def demo(studio: Studio) -> gr.Blocks:
+    """This tab alone, for a quick look: ``demo(studio).launch()``."""
+    return standalone(build, studio, "Cascade Studio: Variation / img2img")

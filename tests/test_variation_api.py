@@ -1,0 +1,115 @@
+"""The Variation / img2img contract from outside: the real app on the tiny preset, via gradio_client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+
+
+@pytest.fixture(scope="module")
+def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
+                           str(tmp_path_factory.mktemp("outputs"))], environ={})
+    demo, url = app.launch(args, prevent_thread_lock=True)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("inputs")
+    blocks = (np.random.default_rng(0).random((3, 4, 3)) * 255).astype(np.uint8)
+    rgba = Image.new("RGBA", (96, 64), (255, 0, 0, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 48, 64))
+    images = {
+        "photo.png": Image.fromarray(blocks).resize((320, 240), Image.Resampling.BILINEAR),
+        "gray.png": Image.new("L", (64, 64), 90),
+        "cutout.png": rgba,
+        "dot.png": Image.new("RGB", (1, 1)),
+        "huge.png": Image.new("L", (10_000, 10_000), 200),  # compresses to a few hundred kB
+    }
+    paths = {}
+    for name, image in images.items():
+        image.save(folder / name)
+        paths[name] = str(folder / name)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 20)
+    (folder / "notes.txt").write_text("hello")
+    paths.update(corrupt=str(folder / "corrupt.png"), notes=str(folder / "notes.txt"))
+    return paths
+
+
+def variation(client: Client, image: Any, **overrides: Any) -> tuple[list[dict], dict]:
+    """``/image_variation`` with DESIGN.md's inputs in order."""
+    values = dict(image=image, prompt="", negative_prompt="", width=0, height=0, num_images=1, seed=5)
+    values.update(overrides)
+    return client.predict(*values.values(), api_name="/image_variation")
+
+
+def img2img(client: Client, image: Any, **overrides: Any) -> tuple[list[dict], dict]:
+    """``/img2img`` with DESIGN.md's inputs in order."""
+    values = dict(image=image, prompt="a red house", negative_prompt="", strength=0.5, width=0, height=0, seed=5)
+    values.update(overrides)
+    return client.predict(*values.values(), api_name="/img2img")
+
+
+def test_the_endpoints_take_exactly_the_contract_inputs(client: Client) -> None:
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = {endpoint: [p["parameter_name"] for p in api[endpoint]["parameters"]]
+             for endpoint in ("/image_variation", "/img2img")}
+    assert names["/image_variation"] == ["image", "prompt", "negative_prompt", "width", "height", "num_images", "seed"]
+    assert names["/img2img"] == ["image", "prompt", "negative_prompt", "strength", "width", "height", "seed"]
+
+
+def test_variation_and_img2img_return_saved_images_and_info(client: Client, files: dict[str, str]) -> None:
+    gallery, info = variation(client, handle_file(files["photo.png"]), num_images=2)
+    assert len(gallery) == 2 and info["task"] == "image_variation" and info["seed"] == 5
+    # Size 0: the input's 4:3 aspect at the tiny preset's 256² area, snapped to 128 and at least 256.
+    assert Image.open(gallery[0]["image"]).size == (256, 256) == (info["width"], info["height"])
+    assert info["input_size"] == [320, 240] and info["preset"] == "tiny"
+    saved = Path(info["files"][0])
+    with Image.open(saved) as png:
+        assert json.loads(png.text["studio"])["task"] == "image_variation"
+
+    gallery, info = img2img(client, handle_file(files["photo.png"]), width=384, height=256, strength="0.75")
+    assert len(gallery) == 1 and Image.open(gallery[0]["image"]).size == (384, 256)
+    assert (info["task"], info["strength"], info["prior_steps_run"]) == ("img2img", 0.75, 3)  # 4 steps x 0.75
+
+
+@pytest.mark.parametrize(("endpoint", "name", "overrides", "message"), [
+    ("variation", None, {}, "image: no image given"),
+    ("img2img", None, {}, "image: no image given"),
+    ("variation", "corrupt", {}, r"image: could not read corrupt\.png as an image"),
+    ("img2img", "dot.png", {}, r"image: is 1×1 pixels; each side must be at least 32"),
+    ("img2img", "photo.png", {"strength": -0.1}, "strength: must be between 0 and 1, got -0.1"),
+    ("img2img", "photo.png", {"strength": 1.5}, "strength: must be between 0 and 1, got 1.5"),
+    ("variation", "photo.png", {"width": 300}, "width: must be a multiple of 128"),
+    ("variation", "photo.png", {"num_images": 9}, "num_images: must be between 1 and 4"),
+    ("variation", "notes", {}, "Invalid file type"),  # Gradio's own check of the file type
+])
+def test_bad_input_gives_a_clear_error_and_the_app_keeps_serving(
+        client: Client, files: dict[str, str], endpoint: str, name: str | None, overrides: dict,
+        message: str) -> None:
+    image = handle_file(files[name]) if name else None
+    call = variation if endpoint == "variation" else img2img
+    with pytest.raises(Exception, match=message):
+        call(client, image, **overrides)
+    assert client.predict(api_name="/status")["preset"] == "tiny"
+
+
+def test_grayscale_transparent_and_huge_inputs_are_fitted_and_reported(client: Client, files: dict[str, str]) -> None:
+    _, info = variation(client, handle_file(files["gray.png"]))
+    assert "L input converted to RGB" in info["notices"]
+    _, info = img2img(client, handle_file(files["cutout.png"]), strength=0.25)
+    assert "RGBA input: transparent areas composited on white" in info["notices"]
+    gallery, info = img2img(client, handle_file(files["huge.png"]), strength=0.25)
+    assert "input downscaled from 10000×10000 to 2048×2048" in info["notices"]
+    assert info["input_size"] == [10_000, 10_000] and Image.open(gallery[0]["image"]).size == (256, 256)
+    assert client.predict(api_name="/status")["preset"] == "tiny"
