@@ -1,0 +1,70 @@
+"""``python -m bench``: the chat scenario's CPU tiny mode gives sane JSON (shape, not speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.__main__ import main, parse_args
+
+
+def test_chat_scenario_on_cpu_tiny_writes_json_and_prints_the_ratio(
+        tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "results.json"
+    threads = torch.get_num_threads()
+    main(["--device", "cpu", "--size", "tiny", "--scenarios", "chat", "--runs", "2", "--warmup", "1",
+          "--tokens", "16", "--cache-dir", str(tiny_cache), "--out", str(out)])
+    assert torch.get_num_threads() == threads  # the tiny CPU run uses 1 thread, then restores
+    printed = capsys.readouterr().out
+    assert "ratio ours/stock:" in printed and "stock generate()" in printed
+    results = json.loads(out.read_text())
+    assert results["meta"]["device"] == "cpu" and results["meta"]["size"] == "tiny"
+    chat = results["scenarios"]["chat"]
+    assert chat["new_tokens"] == 16 and chat["prompt_tokens"] > 10 and chat["runs"] == 2
+    assert chat["model"]["architecture"] == "stablelm" and chat["model"]["parameters"] > 0
+    for variant in ("ours", "ours_hf", "stock"):
+        figures = chat[variant]
+        assert figures["tokens"] == 16
+        assert 0 < figures["first_token_s"] and 0 < figures["total_s"] < 60
+        assert figures["tokens_per_s"] == pytest.approx(16 / figures["total_s"])
+        assert figures["peak_memory_bytes"] is None  # CPU: only the process peak is known
+    assert chat["ratio"] == pytest.approx(chat["ours"]["tokens_per_s"] / chat["stock"]["tokens_per_s"])
+    assert chat["same_tokens"] is True
+    assert chat["process_peak_rss_bytes"] > 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--scenarios", "chat,paint"], "--scenarios: unknown paint"),
+    (["--tokens", "0"], "--tokens: must be at least 1"),
+])
+def test_bad_flags_name_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cpu", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_real_size_needs_a_gpu(tiny_cache: Path) -> None:
+    with pytest.raises(SystemExit, match="--size real needs --device cuda"):
+        main(["--device", "cpu", "--size", "real", "--cache-dir", str(tiny_cache)])
+
+
+def test_real_model_builder_makes_the_stablelm_2_architecture() -> None:
+    """The GPU run builds the 1.6B shape; here the same builder, shrunk, runs our fused path."""
+    from backends.stablelm_decode import FusedStableLmStepper, make_stepper
+    from backends.tiny_stablelm import build_tokenizer
+    from bench.chat import REAL_CONFIG, build_real_model, ours, stock
+
+    assert REAL_CONFIG["partial_rotary_factor"] == 0.25 and REAL_CONFIG["use_qkv_bias"] is True
+    torch.manual_seed(0)
+    model = build_real_model(torch.device("cpu"), torch.float32, vocab_size=512, hidden_size=64,
+                             intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=4)
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    with torch.inference_mode():
+        assert isinstance(make_stepper(model, 32), FusedStableLmStepper)
+    ids = list(range(3, 20))
+    tokens, first = ours(model, build_tokenizer(), ids, 12, True, torch.device("cpu"))
+    assert tokens == stock(model, ids, 12, torch.device("cpu")) and first > 0
