@@ -22,7 +22,7 @@ logger = logging.getLogger("cascade_studio")
 DESCRIPTION = "Stable Cascade, Stable Video Diffusion, SV3D and StableLM on your own GPU."
 ALL_TABS = ("image", "variation", "video", "orbit", "chat", "system")
 #: Tabs this version ships; the others are named in the contract and arrive with later releases.
-BUILT_TABS = ("image", "system")
+BUILT_TABS = ("image", "variation", "video", "chat", "system")
 TAB_TITLES = {"image": "Image", "variation": "Variation / img2img", "video": "Video",
               "orbit": "3D orbit", "chat": "Chat", "system": "System"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -68,6 +68,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         help="never contact the hub (on automatically with --preset tiny)")
     parser.add_argument("--tabs", default=env("STUDIO_TABS", ",".join(ALL_TABS)),
                         help=f"comma-separated subset of {','.join(ALL_TABS)}")
+    parser.add_argument("--download-only", action="store_true",
+                        help="download every file the preset needs, then exit")
     return parser
 
 
@@ -248,7 +250,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Gradio health check
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     args = parse_args(argv)
+    if args.download_only:
+        raise SystemExit(download_only(args))
     launch(args)
+
+
+def download_only(args: argparse.Namespace) -> int:
+    """``--download-only``: fetch the preset's files with console progress; 0 on success."""
+    from backends.errors import StudioError
+
+    try:
+        studio = build_studio(args)
+        fetched = studio.download_all()
+    except StudioError as error:
+        logger.error("%s", error)
+        return 1
+    logger.info("preset %s is ready: %.2f GB downloaded, nothing else missing", studio.preset.name,
+                fetched / 1e9)
+    return 0
 
 
 if __name__ == "__main__":

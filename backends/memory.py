@@ -212,6 +212,7 @@ class MemoryManager:
         self.ram_margin_bytes = ram_margin_bytes
         self.faults = FaultInjector()
         self._components: dict[str, Component] = {}
+        self._hints: dict[str, int] = {}
         self._lock = threading.RLock()  # guards component state; held briefly
         # One job (a whole run) at a time. A plain Lock, not an RLock: a streamed job is iterated
         # by whichever worker thread Gradio picks for each step, and only a Lock may be released
@@ -230,11 +231,17 @@ class MemoryManager:
         """Declare a component; nothing is loaded until its first ``use``. Idempotent."""
         with self._lock:
             if name not in self._components:
-                self._components[name] = Component(name, loader, size_hint)
+                size = size_hint or self._hints.get(name, 0)
+                self._components[name] = Component(name, loader, size)
 
     def hint_size(self, name: str, size: int) -> None:
-        """Set a component's expected bytes before it loads (for /status and the RAM check)."""
+        """Set a component's expected bytes before it loads (for /status and the RAM check).
+
+        A hint may come before the component is registered (backends register some components
+        only when a task first needs them); it is applied then.
+        """
         with self._lock:
+            self._hints[name] = size
             comp = self._components.get(name)
             if comp is not None and comp.home is None:
                 comp.size = size
@@ -411,6 +418,10 @@ class MemoryManager:
     def _place(self, comp: Component, working_bytes: int) -> Placement:
         assert comp.home is not None
         if comp.placement is Placement.GPU:
+            # Already resident, but this use may need more working memory than the last one
+            # (a VAE that encoded one picture now decodes a chunk of frames).
+            raw = self.probe.read()
+            self._make_room(working_bytes + self._reserve(raw), exclude=comp, raw=raw)
             return Placement.GPU
         raw = self.probe.read()
         reserve = self._reserve(raw)

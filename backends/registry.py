@@ -59,14 +59,19 @@ BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec(
         name="cascade",
         family="Stable Cascade",
-        tasks=("text_to_image",),
+        tasks=("text_to_image", "image_variation", "img2img"),
         factory="backends.cascade:CascadeBackend",
         settings_key="cascade",
         license="stable-cascade-nc-community (non-commercial)",
         license_url="https://huggingface.co/stabilityai/stable-cascade/blob/main/LICENSE",
-        components=("text_encoder", "prior", "decoder", "vqgan"),
+        # The previewer (3.98M, shared/data/cascade_previewer_keys.json) is left out: it sits at
+        # the same repo root as the EfficientNet encoder, and params_m is keyed by folder.
+        components=("text_encoder", "prior", "decoder", "vqgan", "image_encoder", "effnet"),
+        # image_encoder: CLIP ViT-L/14 vision + 768 projection; the repo root holds the
+        # EfficientNet encoder (20.2M, shared/data/cascade_effnet_encoder_keys.json).
         params_m={"prior": 3589.1, "prior_lite": 1030.8, "decoder": 1562.9, "decoder_lite": 699.5,
-                  "text_encoder": 632.1, "vqgan": 18.4},
+                  "text_encoder": 632.1, "vqgan": 18.4, "image_encoder": 304.0,
+                  "stabilityai/stable-cascade": 20.2},
     ),
     BackendSpec(
         name="svd",
@@ -100,8 +105,9 @@ class Registry:
     """Maps task and backend names to lazily built backends and runs them under the manager."""
 
     def __init__(self, preset: PresetSettings, manager: MemoryManager, ctx: LoadContext,
-                 specs: tuple[BackendSpec, ...] = BACKENDS) -> None:
+                 specs: tuple[BackendSpec, ...] = BACKENDS, preset_name: str = "") -> None:
         self.preset = preset
+        self.preset_name = preset_name
         self.manager = manager
         self.ctx = ctx
         self.specs = {spec.name: spec for spec in specs}
@@ -143,6 +149,7 @@ class Registry:
     def run(self, task: str, request: Any, progress: ProgressFn) -> Any:
         """Run ``task`` on its backend; OOM is retried once one memory mode lower by the manager."""
         spec = self.spec_for_task(task)
+        self.ensure_files(spec.name, progress)
         backend = self.backend(spec.name)
         mode = self.settings(spec.name).memory_mode
         return self.manager.run(lambda: backend.run(task, request, progress), mode=mode,
@@ -151,10 +158,23 @@ class Registry:
     def stream(self, task: str, request: Any, progress: ProgressFn) -> Iterator[Any]:
         """Run a streaming task (the backend's ``stream``), holding the device only while iterated."""
         spec = self.spec_for_task(task)
+        self.ensure_files(spec.name, progress)
         backend = self.backend(spec.name)
         mode = self.settings(spec.name).memory_mode
         return self.manager.stream(lambda: backend.stream(task, request, progress), mode=mode,
                                    what=f"{spec.family} {task.replace('_', '-')}")
+
+    def ensure_files(self, name: str, progress: ProgressFn | None = None) -> None:
+        """Download what backend ``name`` lacks before it loads (checked locally, no network).
+
+        The first generation that needs a model shows its download as progress; offline, a
+        missing file fails here with the list of what is missing and the command that fetches it.
+        """
+        from backends import downloads
+
+        plans = downloads.plan(self.preset, sections=[self.spec(name).settings_key])
+        if plans and downloads.missing(plans, self.ctx):
+            downloads.ensure(plans, self.ctx, progress, preset=self.preset_name or None)
 
     def _component_sizes(self, name: str) -> dict[str, int]:
         """Expected bytes of each component (``cascade.prior`` from the ``prior`` source's subfolder)."""

@@ -46,6 +46,11 @@ class CascadeDefaults:
     num_images: int = 1
     #: Negative prompt pre-filled in the UI.
     negative_prompt: str = ""
+    #: img2img: how far the input is noised before stage C denoises it again (0 keeps the image,
+    #: 1 ignores it); 0.8 as in the official notebooks and demo app.
+    strength: float = 0.8
+    #: Live previews (when the user turns them on): one every this many stage C steps, plus the last.
+    preview_every: int = 2
 
 
 @dataclass
@@ -66,6 +71,17 @@ class CascadeSettings:
     prior_scheduler: Source = field(default_factory=lambda: Source(CASCADE_PRIOR_REPO, "scheduler"))
     #: Scheduler config of stage B.
     decoder_scheduler: Source = field(default_factory=lambda: Source(CASCADE_DECODER_REPO, "scheduler"))
+    #: CLIP ViT-L/14 image encoder: the input's embedding conditions stage C for variations. No
+    #: variant: a bf16 file in that folder is unverified (hf_repos.md); the fp32 one loads as dtype.
+    image_encoder: Source = field(default_factory=lambda: Source(CASCADE_PRIOR_REPO, "image_encoder"))
+    #: CLIP preprocessing (resize, crop, normalise) for the image encoder.
+    feature_extractor: Source = field(default_factory=lambda: Source(CASCADE_PRIOR_REPO, "feature_extractor"))
+    #: EfficientNet encoder for img2img (image -> stage C latent): ``effnet_encoder.safetensors``
+    #: in this folder (the repo root for the released file).
+    effnet: Source = field(default_factory=lambda: Source(CASCADE_DECODER_REPO))
+    #: Previewer for live previews (stage C latent -> small RGB image): ``previewer.safetensors``
+    #: in this folder (the repo root for the released file).
+    previewer: Source = field(default_factory=lambda: Source(CASCADE_DECODER_REPO))
     #: Weights dtype; stage C does not support float16 (see hf_repos.md), use bfloat16 or float32.
     dtype: str = "bfloat16"
     #: auto / gpu keep components resident and evict by LRU; offload moves each back after use;
@@ -96,6 +112,10 @@ class SvdDefaults:
     height: int = 576
     #: How an input of another aspect is fitted: crop (fill the frame) or pad (letterbox, white).
     fit: str = "crop"
+    #: Classifier-free guidance of the first frame; it rises linearly to ``max_guidance`` at the
+    #: last frame (the pipeline's defaults, 1 and 3). A max of 1 or less turns guidance off.
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
 
 
 @dataclass
@@ -116,6 +136,10 @@ class SvdSettings:
     dtype: str = "float16"
     #: See ``CascadeSettings.memory_mode``.
     memory_mode: str = "auto"
+    #: Most frames the automatic decode chunk (decode_chunk_size 0) takes even when memory allows
+    #: more: a guard against an optimistic per-frame estimate. 7 as in the official demo app; the
+    #: official sampling script decodes 14. 0 means no limit.
+    auto_decode_chunk_max: int = 7
     #: Generation defaults for the Video tab.
     defaults: SvdDefaults = field(default_factory=SvdDefaults)
 
@@ -124,13 +148,18 @@ class SvdSettings:
 class ChatDefaults:
     """Sampling defaults the Chat tab starts with."""
 
-    #: System prompt pre-filled in the tab.
-    system_prompt: str = "You are a helpful assistant."
+    #: System prompt pre-filled in the tab; unset (null) means the prompt format's own default:
+    #: "You are a helpful assistant." for chat_template, the official prompt for tuned_alpha.
+    system_prompt: str | None = None
+    #: 0 is greedy decoding (0-2).
     temperature: float = 0.7
+    #: Nucleus sampling mass, in (0, 1].
     top_p: float = 0.95
     #: 0 turns top-k filtering off.
     top_k: int = 0
+    #: Longest reply in tokens (1-4096); shortened with a notice when the context window is full.
     max_new_tokens: int = 512
+    #: 1.0 is off (1-2).
     repetition_penalty: float = 1.0
 
 
@@ -151,6 +180,10 @@ class StableLMSettings:
     dtype: str = "bfloat16"
     #: See ``CascadeSettings.memory_mode``.
     memory_mode: str = "auto"
+    #: Decode StableLM models with our fused layer loop (several times faster than generate() at
+    #: batch 1); false uses the model's own forward with a DynamicCache. Other architectures
+    #: (GPT-NeoX for Tuned Alpha) always use the latter.
+    fused_decode: bool = True
     #: Sampling defaults for the Chat tab.
     defaults: ChatDefaults = field(default_factory=ChatDefaults)
 

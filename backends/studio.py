@@ -68,7 +68,8 @@ class Studio:
                                      budget_bytes=config.vram_budget_bytes)
         ctx = LoadContext(cache_dir=Path(config.cache_dir), models_dir=config.models_dir,
                           offline=self.offline)
-        self.registry = Registry(self.preset.settings, self.manager, ctx)
+        self.ctx = ctx
+        self.registry = Registry(self.preset.settings, self.manager, ctx, preset_name=self.preset.name)
         self.outputs = OutputWriter(Path(config.outputs_dir))
         self._jobs: dict[str, JobControl] = {}
         self._jobs_lock = threading.Lock()
@@ -114,6 +115,19 @@ class Studio:
                 for s in self.manager.statuses()
             ],
         }
+
+    def missing_files(self) -> list[str]:
+        """What this preset still needs from the hub, one line per repo (local check only)."""
+        from backends import downloads
+
+        return [m.describe() for m in downloads.missing(downloads.plan(self.preset.settings), self.ctx)]
+
+    def download_all(self, progress: Any = None) -> int:
+        """Fetch every file this preset needs; returns the bytes downloaded."""
+        from backends import downloads
+
+        fetched = downloads.download_preset(self.preset.name, self.ctx, progress)
+        return sum(f.to_fetch for f in fetched)
 
     def unload(self, name: str) -> dict[str, Any]:
         """Drop a component, a whole backend (``cascade``) or ``all`` from memory; return status."""

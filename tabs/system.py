@@ -62,6 +62,9 @@ def build(studio: Studio) -> dict[str, Any]:
         choice = gr.Dropdown(label="Component", choices=["all"], value="all", allow_custom_value=False)
         unload_one = gr.Button("Unload", variant="secondary")
         unload_all = gr.Button("Unload all", variant="stop")
+    with gr.Accordion("Model files", open=False):
+        files = gr.Markdown(value=lambda: _files_summary(studio), elem_id="system-files")
+        download = gr.Button("Download models for this preset", variant="primary")
     timer = gr.Timer(REFRESH_SECONDS)
 
     def refresh() -> tuple[str, list[list[Any]], Any]:
@@ -78,7 +81,28 @@ def build(studio: Studio) -> dict[str, Any]:
     timer.tick(refresh, None, outputs, api_visibility="private", queue=False)
     unload_one.click(do_unload, choice, outputs, api_visibility="private", **GPU_QUEUE)
     unload_all.click(lambda: do_unload("all"), None, outputs, api_visibility="private", **GPU_QUEUE)
+
+    def do_download(progress: gr.Progress = gr.Progress()) -> str:
+        def report(label: str, done: int, total: int) -> None:
+            progress((done, total), desc=f"Downloading {label}", unit="bytes")
+
+        fetched = user_errors("Download", lambda: studio.download_all(report))
+        gr.Info(f"Downloaded {format_bytes(fetched)}." if fetched else "Every file was already here.")
+        return _files_summary(studio)
+
+    download.click(do_download, None, files, api_visibility="private", concurrency_id="download",
+                   concurrency_limit=1)
     return {}
+
+
+def _files_summary(studio: Studio) -> str:
+    missing = studio.missing_files()
+    if not missing:
+        return f"All files of preset **{studio.preset.name}** are in the cache."
+    lines = "\n".join(f"- {line}" for line in missing)
+    return (f"Preset **{studio.preset.name}** still needs files from the hub (fetched on first use, "
+            f"or now with the button, or `python app.py --download-only --preset {studio.preset.name}`):\n"
+            f"{lines}")
 
 
 def demo(studio: Studio) -> gr.Blocks:

@@ -167,3 +167,15 @@ def test_importing_app_loads_no_model_and_no_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(app.__file__).parent)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_download_only_offline_lists_what_is_missing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    argv = ["--download-only", "--preset", "lite", "--offline", "--models-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exited:
+        app.main(argv)
+    assert exited.value.code == 1
+    assert "stabilityai/stable-cascade-prior" in caplog.text
+    assert "python app.py --download-only --preset lite" in caplog.text
+    with pytest.raises(SystemExit) as exited:
+        app.main(["--download-only", "--preset", "tiny", "--models-dir", str(tmp_path)])
+    assert exited.value.code == 0  # tiny models are built locally: nothing to fetch

@@ -73,6 +73,13 @@ def test_working_memory_counts_towards_the_need() -> None:
         assert placements(manager)["a"] == "cpu"
 
 
+def test_a_resident_component_still_gets_room_for_a_bigger_working_set() -> None:
+    manager = manager_with(10, {"a": 4, "b": 4})
+    touch(manager, "a", "b")
+    with manager.use("b", working_bytes=3 * MB):  # b stays; a must go to make 3 MB of room
+        assert placements(manager) == {"a": "cpu", "b": "gpu"}
+
+
 def test_working_memory_may_be_computed_from_the_loaded_module() -> None:
     manager = manager_with(10, {"a": 4, "b": 4})
     touch(manager, "a")
