@@ -31,7 +31,7 @@ from backends.errors import Cancelled
 from backends.progress import JobControl, no_progress
 from backends.stablelm_prompt import default_system_prompt
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, session_of, standalone, user_errors
+from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone, user_errors
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,8 @@ def build(studio: Studio) -> dict[str, Any]:
             yield [*plain, {"role": "assistant", "content": reply.text}], stats_markdown(reply)
 
     ui_inputs = [pending, chatbot, system, temperature, top_p, max_new, top_k, repetition]
-    respond_event = dict(fn=respond, inputs=ui_inputs, outputs=[chatbot, stats], api_visibility="private",
+    respond_event = dict(fn=on_gpu(respond, gpu_seconds), inputs=ui_inputs, outputs=[chatbot, stats],
+                         api_visibility="private",
                          **GPU_QUEUE)
     accepted = dict(fn=accept, inputs=[message, chatbot], outputs=[message, chatbot, pending],
                     api_visibility="private", queue=False)
@@ -232,6 +233,19 @@ def build(studio: Studio) -> dict[str, Any]:
     return {"chatbot": chatbot, "message": message, "send": send, "stop": stop, "regenerate": regenerate,
             "clear": clear, "stats": stats, "system_prompt": system, "temperature": temperature,
             "top_p": top_p, "max_new_tokens": max_new, "top_k": top_k, "repetition_penalty": repetition}
+
+
+def gpu_seconds(message: Any, history: Any, system_prompt: Any, temperature: Any, top_p: Any,
+                max_new_tokens: Any, *_: Any, **__: Any) -> int:
+    """ZeroGPU duration for one reply: a cold load (~20 s) plus max_new_tokens at 20 tokens/s.
+
+    20 tokens/s is well below what our decode loop reaches on a GPU, so long replies finish.
+    """
+    try:
+        tokens = float(max_new_tokens)
+    except (TypeError, ValueError):
+        return 30  # invalid input fails fast in the handler
+    return int(min(180, max(30, 20 + tokens / 20)))
 
 
 def _register_api(studio: Studio, system_default: str) -> None:
@@ -265,7 +279,7 @@ def _register_api(studio: Studio, system_default: str) -> None:
             shown = len(reply.notices)
             yield reply.text
 
-    trigger.click(chat, inputs, reply_box, api_name="chat", **GPU_QUEUE)
+    trigger.click(on_gpu(chat, gpu_seconds), inputs, reply_box, api_name="chat", **GPU_QUEUE)
 
 
 def demo(studio: Studio) -> gr.Blocks:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from backends.studio import Studio
 from backends.video_requests import FITS, MAX_FRAMES, MAX_FPS, MAX_STEPS, MIN_FPS, VideoRequest, prepare_image
-from tabs.common import GPU_QUEUE, gradio_progress, session_of, standalone, user_errors
+from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,20 @@ def preview(studio: Studio, image: Any, fit: str) -> Image.Image | None:
 
 def recent_videos(studio: Studio) -> list[str]:
     return [str(p) for p in studio.outputs.recent(limit=RECENT, suffixes=(".mp4",))]
+
+
+def gpu_seconds(image: Any, num_frames: Any, fps: Any, motion_bucket_id: Any, noise_aug_strength: Any,
+                steps: Any, *_: Any, **__: Any) -> int:
+    """ZeroGPU duration: a cold load (~40 s for 4.5 GB) plus about 0.06 s per frame and step.
+
+    0.06 s is a generous figure for SVD's UNet on one frame at 1024x576 in fp16 with guidance on
+    a data-centre GPU, decoding included; the cap keeps one request from holding the queue.
+    """
+    try:
+        work = float(num_frames) * float(steps)
+    except (TypeError, ValueError):
+        return 60  # invalid input fails fast in the handler
+    return int(min(300, max(60, 40 + 0.06 * work)))
 
 
 def build(studio: Studio) -> dict[str, gr.Component]:
@@ -130,7 +144,8 @@ def build(studio: Studio) -> dict[str, gr.Component]:
         return generate(studio, inputs, fit, gif, request, progress)
 
     inputs = [image, num_frames, fps, motion, noise, steps, chunk, seed, fit_state, gif_state]
-    event = run.click(generate_video, inputs, [video, info], api_name="generate_video", **GPU_QUEUE)
+    event = run.click(on_gpu(generate_video, gpu_seconds), inputs, [video, info], api_name="generate_video",
+                      **GPU_QUEUE)
     event.then(lambda data: [path for path in ((data or {}).get("files") or {}).values()], info, files,
                api_visibility="private", queue=False)
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
