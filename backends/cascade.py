@@ -29,7 +29,7 @@ from PIL import Image
 
 from backends.cascade_sampling import StageCStart, denoise, noise
 from backends.errors import UnknownNameError
-from backends.loading import LoadContext, Source, load_pretrained
+from backends.loading import LoadContext, Source, load_pretrained, torch_dtype
 from backends.previews import preview_channel
 from backends.progress import ProgressFn
 from backends.requests import MAX_PROMPT_CHARS, ImageVariationRequest, Img2ImgRequest, TextToImageRequest
@@ -56,7 +56,6 @@ PRIOR = "cascade.prior"
 DECODER = "cascade.decoder"
 VQGAN = "cascade.vqgan"
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _STAGES = ("text_encoder", "prior", "decoder", "vqgan")
 #: Request fields copied into the info JSON as they are.
 _INFO_FIELDS = ("seed", "width", "height", "num_images", "prior_steps", "decoder_steps", "prior_guidance",
@@ -213,7 +212,7 @@ class CascadeBackend:
         self.settings = settings
         self.manager = manager
         self.ctx = ctx
-        self.dtype = _DTYPES[settings.dtype]
+        self.dtype = torch_dtype(settings.dtype)
         self._aux_lock = threading.Lock()
         self._tokenizer: Any = None
         self._prior_scheduler: Any = None

@@ -12,7 +12,10 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
 
 from backends.errors import ModelUnavailable
 
@@ -204,3 +207,10 @@ def load_state_dict_strict(module: Any, state: dict[str, Any], where: str) -> No
         raise ModelUnavailable(f"{where} does not match {type(module).__name__}: " + "; ".join(problems)
                                + ". Is it the right file for this component?")
     module.load_state_dict(state, strict=True, assign=True)
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    """The torch dtype a preset's ``dtype`` names (``bfloat16``, ``float16``, ``float32``)."""
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]

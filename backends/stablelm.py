@@ -24,7 +24,7 @@ import torch
 
 from backends.chat_requests import MAX_HISTORY_CHARS, ChatRequest
 from backends.errors import UnknownNameError
-from backends.loading import LoadContext, Source, load_pretrained
+from backends.loading import LoadContext, Source, load_pretrained, torch_dtype
 from backends.memory import MemoryManager, Placement
 from backends.progress import ProgressFn
 from backends.settings import StableLMSettings
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 MODEL = "stablelm.model"
 STAGE = "Reply"
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class StableLMBackend:
         self.settings = settings
         self.manager = manager
         self.ctx = ctx
-        self.dtype = _DTYPES[settings.dtype]
+        self.dtype = torch_dtype(settings.dtype)
         self._aux_lock = threading.Lock()
         self._tokenizer: Any = None
         self._config: Any = None

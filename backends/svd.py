@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from backends.errors import ModelUnavailable, StudioError, UnknownNameError
-from backends.loading import LoadContext, Source, load_pretrained
+from backends.loading import LoadContext, Source, load_pretrained, torch_dtype
 from backends.progress import ProgressFn
 from backends.settings import SvdSettings
 from backends.svd_memory import clip_working_bytes, decode_frame_bytes, encode_working_bytes, unet_working_bytes
@@ -46,7 +46,6 @@ DECODE_SITE = "svd.decode"
 #: The UNet downsamples the latents three times and the VAE eight-fold: sizes must divide by 64.
 SIZE_MULTIPLE = 64
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _COMPONENTS = ("image_encoder", "vae", "unet")
 
 
@@ -121,7 +120,7 @@ class SvdBackend:
         self.settings = settings
         self.manager = manager
         self.ctx = ctx
-        self.dtype = _DTYPES[settings.dtype]
+        self.dtype = torch_dtype(settings.dtype)
         self._aux_lock = threading.Lock()
         self._feature_extractor: Any = None
         self._scheduler: Any = None
