@@ -1,7 +1,7 @@
-"""Benchmarks: ``python -m bench --device cpu|cuda --size tiny|real --scenarios chat``.
+"""Benchmarks: ``python -m bench --device cpu|cuda --size tiny|real [--scenarios a,b] [--compile]``.
 
 One module per scenario (``bench/chat.py``, …), each with ``run(options) -> dict`` and
-``table(result) -> list of rows``; ``SCENARIOS`` maps names to modules, imported only when chosen.
+``report(result) -> str``; ``SCENARIOS`` maps names to modules, imported only when chosen.
 ``--size tiny`` uses the tiny random-weight models (any machine, seconds); ``--size real`` builds
 random-weight models with the real architectures on a GPU (no download), so figures are real-size
 speeds of our code, not of any checkpoint's outputs.
@@ -9,7 +9,14 @@ speeds of our code, not of any checkpoint's outputs.
 
 from __future__ import annotations
 
-#: Scenario name -> module with ``run(options)`` and ``table(result)``. Issue 5 adds more here.
+#: Scenario name -> module with ``run(options)`` and ``report(result)``, in the order they run.
 SCENARIOS: dict[str, str] = {
+    "image_resident": "bench.image_resident",
+    "image_offload": "bench.image_offload",
+    "switching": "bench.switching",
     "chat": "bench.chat",
+    "never_oom": "bench.never_oom",
+    "compile": "bench.compiled",
 }
+#: Run only when asked for (``--compile`` or by name): compiling is minutes on a GPU.
+OPTIONAL: frozenset[str] = frozenset({"compile"})

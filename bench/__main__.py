@@ -12,7 +12,8 @@ import platform
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import SCENARIOS
+from bench import OPTIONAL, SCENARIOS
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     import torch
@@ -23,8 +24,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="where the models run (default: cuda when available)")
     parser.add_argument("--size", choices=("tiny", "real"), default="tiny",
                         help="tiny random-weight models, or real architectures with random weights (GPU)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    default = [name for name in SCENARIOS if name not in OPTIONAL]
+    parser.add_argument("--scenarios", default=",".join(default),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but "
+                             f"{','.join(sorted(OPTIONAL))})")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run the compile scenario (regional torch.compile of the repeated blocks)")
+    parser.add_argument("--vram-budget", default="",
+                        help="comma-separated GB budgets for image_offload (default: 8,12 on CUDA; on the "
+                             "CPU one computed from the tiny sizes that forces eviction)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 1 timed run, no warm-up, 16 chat tokens (overrides those flags)")
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per variant; the median is reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant first")
@@ -40,7 +50,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = [name for name in wanted if name not in SCENARIOS]
     if unknown or not wanted:
         parser.error(f"--scenarios: unknown {', '.join(unknown) or 'empty list'}; choose from {','.join(SCENARIOS)}")
+    if args.compile and "compile" not in wanted:
+        wanted.append("compile")
     args.scenarios = wanted
+    try:
+        args.vram_budget = tuple(float(v) for v in args.vram_budget.split(",") if v.strip())
+    except ValueError:
+        parser.error(f"--vram-budget: expected comma-separated GB numbers, got {args.vram_budget!r}")
+    if any(v <= 0 for v in args.vram_budget):
+        parser.error("--vram-budget: every budget must be more than 0 GB")
+    if args.quick:
+        args.runs, args.warmup, args.tokens = 1, 0, 16
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     for flag in ("runs", "tokens"):
@@ -78,12 +98,17 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     import app
     from bench.common import BenchOptions
 
+    if args.size == "real" and args.device != "cuda":
+        # Before any scenario builds anything: real-size models on a CPU take many GB and minutes.
+        raise SystemExit("--size real needs --device cuda: real-size random-weight models are GPU benchmarks")
     options = BenchOptions(device=torch.device(args.device), size=args.size, runs=args.runs, warmup=args.warmup,
-                           tokens=args.tokens, cache_dir=args.cache_dir or app.cache_dir(None))
+                           tokens=args.tokens, cache_dir=args.cache_dir or app.cache_dir(None),
+                           vram_budgets_gb=args.vram_budget, compile=args.compile)
     results: dict[str, Any] = {
         "meta": {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": args.device,
                  "size": args.size, "torch": torch.__version__, "transformers": transformers.__version__,
-                 "python": platform.python_version(), "cpu_threads": torch.get_num_threads()},
+                 "python": platform.python_version(), "cpu_threads": torch.get_num_threads(),
+                 "runs": args.runs, "warmup": args.warmup, "quick": args.quick},
         "scenarios": {},
     }
     for name in args.scenarios:

@@ -32,6 +32,44 @@ class BenchOptions:
     tokens: int
     #: Where tiny models are built (``LoadContext.cache_dir``).
     cache_dir: Path
+    #: ``--vram-budget`` values in GB for the offload scenario; empty: 8 and 12 on CUDA, and on
+    #: the CPU one computed from the tiny sizes so that it forces eviction.
+    vram_budgets_gb: tuple[float, ...] = ()
+    #: ``--compile``: also run the regional-compilation scenario.
+    compile: bool = False
+
+
+#: Said in the JSON wherever a CPU figure is null: torch's CPU allocations bypass tracemalloc,
+#: and RSS moves with the allocator's caching, not with one run's peak.
+CPU_MEMORY_NOTE = ("peak memory is tracked on CUDA only (torch.cuda.max_memory_allocated); on the CPU "
+                   "see process_peak_rss_bytes, the whole process's peak")
+
+
+def measure(calls: dict[str, Callable[[], Any]], options: BenchOptions) -> dict[str, dict[str, Any]]:
+    """Warm each call up, then time them interleaved run by run (drift hits all alike).
+
+    Returns, per call: ``median_s``, ``runs_s`` and ``peak_memory_bytes`` (CUDA: the largest
+    peak over its runs; CPU: None, see ``CPU_MEMORY_NOTE``).
+    """
+    for _ in range(options.warmup):
+        for call in calls.values():
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    peaks: dict[str, int | None] = {name: None for name in calls}
+    for _ in range(options.runs):
+        for name, call in calls.items():
+            reset_peak(options.device)
+            seconds[name].append(timed(call, options.device)[0])
+            peak = peak_bytes(options.device)
+            if peak is not None:
+                peaks[name] = max(peaks[name] or 0, peak)
+    return {name: {"median_s": median(seconds[name]), "runs_s": [round(s, 4) for s in seconds[name]],
+                   "peak_memory_bytes": peaks[name]} for name in calls}
+
+
+def megabytes(value: int | None) -> str:
+    """A table cell: MB, or n/a for a figure not measured."""
+    return "n/a" if value is None else f"{value / 2**20:.0f}"
 
 
 def synchronize(device: torch.device) -> None:

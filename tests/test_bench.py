@@ -68,3 +68,61 @@ def test_real_model_builder_makes_the_stablelm_2_architecture() -> None:
     ids = list(range(3, 20))
     tokens, first = ours(model, build_tokenizer(), ids, 12, True, torch.device("cpu"))
     assert tokens == stock(model, ids, 12, torch.device("cpu")) and first > 0
+
+
+def test_every_scenario_runs_quick_on_cpu_tiny_and_gives_sane_json(
+        tiny_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The top-level CPU run: every scenario is in the JSON, GPU-only ones say why they skipped."""
+    from bench import SCENARIOS
+
+    out = tmp_path / "all.json"
+    main(["--device", "cpu", "--size", "tiny", "--quick", "--compile", "--cache-dir", str(tiny_cache),
+          "--out", str(out)])
+    printed = capsys.readouterr().out
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert set(scenarios) == set(SCENARIOS)
+    assert "image_resident:" in printed and "switching:" in printed
+
+    (resident,) = scenarios["image_resident"]["variants"]
+    assert resident["same_latents"] is True  # ours and stock ran the same modules and seeds
+    assert 0 < resident["ours"]["median_s"] < 60 and 0 < resident["stock"]["median_s"] < 60
+    assert resident["ratio"] == pytest.approx(resident["ours"]["median_s"] / resident["stock"]["median_s"])
+    assert resident["ours"]["peak_memory_bytes"] is None and "memory_note" in scenarios["image_resident"]
+
+    offload = scenarios["image_offload"]
+    (budget,) = offload["budgets"]
+    assert budget["evicted"], "the computed CPU budget must force eviction"
+    assert budget["ratio_to_resident"] > 0 and budget["ratio_to_stock_offload"] is None
+    assert offload["stock_offload"] is None and "accelerator" in offload["stock_offload_note"]
+
+    switching = scenarios["switching"]
+    assert switching["prior_evicted_by_video"] is True
+    assert switching["no_reload"] is True and switching["reloaded_from_disk"] == []
+    assert 0 < switching["restore_prior_s"] < 10
+    assert switching["budget_bytes"] < sum(switching["component_bytes"].values())
+
+    assert scenarios["chat"]["same_tokens"] is True and scenarios["chat"]["new_tokens"] == 16
+    assert "needs CUDA" in scenarios["never_oom"]["skipped"]
+    assert scenarios["compile"]["skipped"]
+
+
+def test_vram_budget_flag_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--device", "cpu", "--vram-budget", "8,12"]).vram_budget == (8.0, 12.0)
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cpu", "--vram-budget", "eight"])
+    assert "--vram-budget: expected" in capsys.readouterr().err
+
+
+def test_real_cascade_configs_build_the_published_sizes() -> None:
+    """The GPU mode's configs (NOTES.md) give the anchor's parameter counts; built on the meta
+    device, so no memory is used."""
+    from diffusers import StableCascadeUNet
+
+    from bench.models import DECODER_FULL, DECODER_LITE, PRIOR_FULL, PRIOR_LITE
+
+    expected = {"prior": (PRIOR_FULL, 3589.1), "prior_lite": (PRIOR_LITE, 1030.8),
+                "decoder": (DECODER_FULL, 1562.9), "decoder_lite": (DECODER_LITE, 699.5)}
+    for name, (config, millions) in expected.items():
+        with torch.device("meta"):
+            unet = StableCascadeUNet(**config)
+        assert sum(p.numel() for p in unet.parameters()) / 1e6 == pytest.approx(millions, abs=0.2), name
