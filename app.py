@@ -22,7 +22,7 @@ logger = logging.getLogger("cascade_studio")
 DESCRIPTION = "Stable Cascade, Stable Video Diffusion, SV3D and StableLM on your own GPU."
 ALL_TABS = ("image", "variation", "video", "orbit", "chat", "system")
 #: Tabs this version ships; the others are named in the contract and arrive with later releases.
-BUILT_TABS = ("image", "variation", "video", "chat", "system")
+BUILT_TABS = ("image", "variation", "video", "orbit", "chat", "system")
 TAB_TITLES = {"image": "Image", "variation": "Variation / img2img", "video": "Video",
               "orbit": "3D orbit", "chat": "Chat", "system": "System"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")

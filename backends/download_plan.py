@@ -32,7 +32,8 @@ ROOT_SMALL = ("config.json", "generation_config.json", "tokenizer.json", "tokeni
 #: backends/effnet.py and backends/previewer.py read). A stopgap until ``BackendSpec`` declares
 #: ``files``, which then takes precedence.
 SINGLE_FILES: dict[str, dict[str, str]] = {
-    "cascade": {"effnet": "effnet_encoder.safetensors", "previewer": "previewer.safetensors"}}
+    "cascade": {"effnet": "effnet_encoder.safetensors", "previewer": "previewer.safetensors"},
+    "sv3d": {"checkpoint_u": "sv3d_u.safetensors", "checkpoint_p": "sv3d_p.safetensors"}}
 
 
 @dataclass(frozen=True)

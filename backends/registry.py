@@ -85,6 +85,19 @@ BACKENDS: tuple[BackendSpec, ...] = (
         params_m={"unet": 1524.6, "vae": 97.7, "image_encoder": 632.1},
     ),
     BackendSpec(
+        name="sv3d",
+        family="SV3D",
+        tasks=("orbit",),
+        factory="backends.sv3d:Sv3dBackend",
+        settings_key="sv3d",
+        license="sv3d-nc-community (gated; accept it on the model page)",
+        license_url="https://huggingface.co/stabilityai/sv3d/blob/main/LICENSE.md",
+        # Each single sgm file holds all three components (unet, vae, image_encoder), converted
+        # on first use; the manager names them sv3d.<u|p>.<part>. No size hints: a hint is keyed
+        # by settings key, and these files are not one component each.
+        components=("checkpoint_u", "checkpoint_p"),
+    ),
+    BackendSpec(
         name="stablelm",
         family="StableLM",
         tasks=("chat",),

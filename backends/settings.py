@@ -24,6 +24,7 @@ CASCADE_PRIOR_REPO = "stabilityai/stable-cascade-prior"
 CASCADE_DECODER_REPO = "stabilityai/stable-cascade"
 SVD_REPO = "stabilityai/stable-video-diffusion-img2vid"
 STABLELM_REPO = "stabilityai/stablelm-2-zephyr-1_6b"
+SV3D_REPO = "stabilityai/sv3d"
 
 
 @dataclass
@@ -145,6 +146,49 @@ class SvdSettings:
 
 
 @dataclass
+class Sv3dDefaults:
+    """Defaults the 3D orbit tab starts with (the reference script's, shared/data/sv3d_*_keys.json)."""
+
+    #: u (no camera input) or p (a camera path).
+    variant: str = "p"
+    #: Camera elevation of the input view in degrees (-90-90); 10 in the reference script.
+    elevation_deg: float = 10.0
+    #: p only: ``constant`` elevation, or a ``sine`` path to ``elevation_end_deg`` opposite the input view.
+    path: str = "constant"
+    elevation_end_deg: float = 30.0
+    #: Euler EDM steps (50 in the reference script).
+    steps: int = 50
+    #: Square model size in pixels (576; a multiple of 64) and views per orbit (21).
+    size: int = 576
+    num_frames: int = 21
+    #: Noise added to the conditioning frame (the reference forces 1e-5).
+    cond_aug: float = 1e-5
+    #: Triangle guidance: min_guidance at the first and last frame, max_guidance in the middle.
+    min_guidance: float = 1.0
+    max_guidance: float = 2.5
+    #: Frames per second of the orbit MP4.
+    fps: int = 7
+
+
+@dataclass
+class Sv3dSettings:
+    """SV3D_u / SV3D_p: the two single sgm files (converted once into the cache), dtype, memory."""
+
+    #: Folder or repo holding ``sv3d_u.safetensors`` (gated repo stabilityai/sv3d).
+    checkpoint_u: Source = field(default_factory=lambda: Source(SV3D_REPO))
+    #: Folder or repo holding ``sv3d_p.safetensors``.
+    checkpoint_p: Source = field(default_factory=lambda: Source(SV3D_REPO))
+    #: UNet and CLIP dtype after conversion (the VAE always stays float32: it overflows in float16).
+    dtype: str = "float16"
+    #: See ``CascadeSettings.memory_mode``.
+    memory_mode: str = "auto"
+    #: Most frames decoded at once even when memory allows more (the reference decodes 14).
+    decode_chunk_max: int = 14
+    #: Defaults for the Orbit tab.
+    defaults: Sv3dDefaults = field(default_factory=Sv3dDefaults)
+
+
+@dataclass
 class ChatDefaults:
     """Sampling defaults the Chat tab starts with."""
 
@@ -204,3 +248,5 @@ class PresetSettings:
     svd: SvdSettings = field(default_factory=SvdSettings)
     #: StableLM chat.
     stablelm: StableLMSettings = field(default_factory=StableLMSettings)
+    #: SV3D 3D orbits.
+    sv3d: Sv3dSettings = field(default_factory=Sv3dSettings)

@@ -418,5 +418,6 @@ def _builder_in(module: str) -> Callable[[Path], None]:
 _FAMILIES: dict[str, TinyFamily] = {
     "cascade": TinyFamily(build=_build_cascade, version="v3"),
     "svd": TinyFamily(build=_builder_in("backends.tiny_svd"), version="v1"),
+    "sv3d": TinyFamily(build=_builder_in("backends.tiny_sv3d"), version="v1"),
     "stablelm": TinyFamily(build=_builder_in("backends.tiny_stablelm"), version="v1"),
 }

@@ -22,12 +22,12 @@ def studio(tiny_cache: Path, tmp_path: Path, budget: int | None = None) -> Studi
 
 def test_backends_are_built_lazily_and_unknown_names_list_the_known(tiny_cache: Path, tmp_path: Path) -> None:
     st = studio(tiny_cache, tmp_path)
-    assert st.registry.tasks() == ["text_to_image", "image_variation", "img2img", "image_to_video", "chat"]
+    assert st.registry.tasks() == ["text_to_image", "image_variation", "img2img", "image_to_video", "orbit", "chat"]
     assert st.status()["models"] == []
     with pytest.raises(UnknownNameError, match="Unknown task 'paint'; known: text_to_image, image_variation, "
-                                               "img2img, image_to_video, chat"):
+                                               "img2img, image_to_video, orbit, chat"):
         st.registry.run("paint", request(), lambda *a: None)
-    with pytest.raises(UnknownNameError, match="Unknown backend 'sdxl'; known: cascade, svd, stablelm"):
+    with pytest.raises(UnknownNameError, match="Unknown backend 'sdxl'; known: cascade, svd, sv3d, stablelm"):
         st.registry.backend("sdxl")
     st.unload("cascade")  # a known backend with nothing loaded is not an error
     with pytest.raises(UnknownNameError, match="known: all, cascade"):
