@@ -51,7 +51,7 @@ def test_zero_gpu_wraps_gpu_handlers_with_request_sized_durations(
     assert image("a cat", "", "abc", 1024, 20, 10, 4, 0, 1, -1) == 60  # bad input fails fast anyway
     assert durations["tabs.video"]("img.png", 25, 6, 127, 0.02, 30, 0, -1) == 85  # 40 + 0.06 x 750
     assert durations["tabs.chat"]("hi", [], "", 0.7, 0.95, 512) == 45  # 20 + 512 / 20
-    assert {"tabs.image", "tabs.variation", "tabs.video", "tabs.chat"} <= set(durations)
+    assert {"tabs.image", "tabs.variation", "tabs.video", "tabs.orbit", "tabs.chat"} <= set(durations)
 
 
 def test_without_zero_gpu_spaces_is_never_imported(models_dir: Path, tmp_path: Path) -> None:
