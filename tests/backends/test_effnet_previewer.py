@@ -26,7 +26,9 @@ from backends.loading import LoadContext, Source, load_state_dict_strict
 from backends.previewer import PREVIEWER_FILE, Previewer, load_previewer, to_images
 
 #: The reference manifests (dumped from the official modules) live beside the repo, not in it.
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+# Copies of ../shared/data's manifests (the released checkpoints' key layouts), kept with the
+# tests so a clean checkout can check the converters against them.
+DATA = Path(__file__).resolve().parents[1] / "data"
 MANIFESTS = {"effnet": DATA / "cascade_effnet_encoder_keys.json",
              "previewer": DATA / "cascade_previewer_keys.json"}
 #: (tensors, learnable parameters, SHA-256 of the JSON list of [key, shape] in order), computed
