@@ -252,6 +252,16 @@ class MemoryManager:
         capacity = self._capacity(raw)
         return MemoryReading(raw.device_name, capacity, max(self._free(raw), 0), raw.ram_total, raw.ram_free)
 
+    def usable_free(self) -> int:
+        """Live free device memory (budget applied) less the reserve: what a stage may still use."""
+        raw = self.probe.read()
+        return max(self._free(raw), 0) - self._reserve(raw)
+
+    def room_beside(self, size: int) -> int:
+        """Working memory the whole budget leaves beside ``size`` bytes of weights."""
+        raw = self.probe.read()
+        return self._capacity(raw) - self._reserve(raw) - size
+
     def statuses(self) -> list[ComponentStatus]:
         with self._lock:
             return [ComponentStatus(c.name, c.placement.value, c.size, c.last_used or None)

@@ -34,6 +34,7 @@ from PIL import Image
 from backends.download_plan import SINGLE_FILES
 from backends.errors import StudioError, UnknownNameError
 from backends.loading import LoadContext, Source, load_pretrained, resolve_file
+from backends.offload import module_bytes
 from backends.orbit_requests import OrbitRequest
 from backends.progress import ProgressFn
 from backends.settings import Sv3dSettings
@@ -284,12 +285,13 @@ class Sv3dBackend:
             return pixels * width * DECODE_LIVE_TENSORS * (torch.finfo(module.dtype).bits // 8) + pixels * 12
 
         def need(module: torch.nn.Module) -> int:
-            return per_frame(module) * int(min(cap, max(1, self._room_beside(module) // per_frame(module))))
+            room = self.manager.room_beside(module_bytes(module))
+            return per_frame(module) * int(min(cap, max(1, room // per_frame(module))))
 
         frames: list[Image.Image] = []
         notices: list[str] = []
         with self.manager.use(self.component(request.variant, "vae"), need) as vae:
-            chunk = int(max(1, min(cap, self._usable_free() // per_frame(vae))))
+            chunk = int(max(1, min(cap, self.manager.usable_free() // per_frame(vae))))
             logger.info("orbit decode chunk %d (at most %d)", chunk, cap)
             with torch.inference_mode():
                 scaled = (latents.flatten(0, 1) / vae.config.scaling_factor).to(self.manager.device, vae.dtype)
@@ -322,17 +324,3 @@ class Sv3dBackend:
             torch.cuda.empty_cache()
         return None
 
-    def _usable_free(self) -> int:
-        """Live free device memory less the manager's reserve."""
-        from backends.memory import RESERVE_FRACTION
-
-        reading = self.manager.reading()
-        return int(reading.device_free - self.manager.reserve_bytes - RESERVE_FRACTION * reading.device_total)
-
-    def _room_beside(self, module: torch.nn.Module) -> int:
-        """Working memory the whole budget leaves beside ``module``."""
-        from backends.memory import RESERVE_FRACTION
-        from backends.offload import module_bytes
-
-        capacity = self.manager.reading().device_total
-        return int(capacity * (1 - RESERVE_FRACTION) - self.manager.reserve_bytes - module_bytes(module))

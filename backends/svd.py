@@ -25,6 +25,7 @@ from PIL import Image
 
 from backends.errors import ModelUnavailable, StudioError, UnknownNameError
 from backends.loading import LoadContext, Source, load_pretrained, torch_dtype
+from backends.offload import module_bytes
 from backends.progress import ProgressFn
 from backends.settings import SvdSettings
 from backends.svd_memory import clip_working_bytes, decode_frame_bytes, encode_working_bytes, unet_working_bytes
@@ -276,14 +277,15 @@ class SvdBackend:
             # Ask for room for the unchunked run when the budget can hold it; otherwise for the
             # chunked one, which is all the UNet strictly needs.
             full = estimate(module, chunked=False)
-            return full if full <= self._room_beside(module) else estimate(module, chunked=True)
+            room = self.manager.room_beside(module_bytes(module))
+            return full if full <= room else estimate(module, chunked=True)
 
         with self.manager.use(UNET, need) as unet:
             # Forward chunking only when short of memory: on when the live free memory after
             # placing the UNet, less the manager's reserve, is below the unchunked working
             # estimate. It divides the feed-forward peak by the batch (2 x frames; about 15 % of
             # the step's memory) but made a CPU step 3x slower (svd_memory).
-            chunked = self._usable_free() < estimate(unet, chunked=False)
+            chunked = self.manager.usable_free() < estimate(unet, chunked=False)
             set_forward_chunking(unet, chunked)
             with torch.inference_mode():
                 dtype = unet.dtype
@@ -341,7 +343,7 @@ class SvdBackend:
             # Room for the chunk asked for (or, on auto, the largest the budget allows), but never
             # more than the budget holds: an explicit chunk beyond our estimate is still tried,
             # and a real out-of-memory error halves it.
-            fits = max(1, self._room_beside(module) // per_frame(module))
+            fits = max(1, self.manager.room_beside(module_bytes(module)) // per_frame(module))
             return per_frame(module) * int(min(request.decode_chunk_size or cap, fits))
 
         frames: list[Image.Image] = []
@@ -350,7 +352,7 @@ class SvdBackend:
             if request.decode_chunk_size:
                 chunk = request.decode_chunk_size
             else:
-                usable = self._usable_free()
+                usable = self.manager.usable_free()
                 chunk = int(max(1, min(cap, usable // per_frame(vae))))
                 logger.info("decode chunk %d (auto: %s usable, %s per frame, at most %d)", chunk,
                             format_bytes(max(usable, 0)), format_bytes(per_frame(vae)), cap)
@@ -369,20 +371,6 @@ class SvdBackend:
         timings["vae_decode"] = time.perf_counter() - started
         return frames, chunk, notices
 
-    def _usable_free(self) -> int:
-        """Live free device memory less the manager's reserve: what a stage may still use."""
-        from backends.memory import RESERVE_FRACTION
-
-        reading = self.manager.reading()
-        return int(reading.device_free - self.manager.reserve_bytes - RESERVE_FRACTION * reading.device_total)
-
-    def _room_beside(self, module: torch.nn.Module) -> int:
-        """Working memory the whole budget leaves beside ``module`` (everything else evicted)."""
-        from backends.memory import RESERVE_FRACTION
-        from backends.offload import module_bytes
-
-        capacity = self.manager.reading().device_total
-        return int(capacity * (1 - RESERVE_FRACTION) - self.manager.reserve_bytes - module_bytes(module))
 
     def _decode_chunk(self, vae: torch.nn.Module, latents: torch.Tensor, size: int, chunk: int,
                       notices: list[str]) -> torch.Tensor | None:

@@ -287,3 +287,12 @@ def test_a_stream_may_be_iterated_from_different_threads() -> None:
         worker.join()
     assert got == [0, 1, 2, -1]
     assert manager.run(lambda: "next job runs") == "next job runs"
+
+
+def test_usable_free_and_room_beside_apply_budget_and_reserve() -> None:
+    manager = manager_with(20, {"a": 4})
+    touch(manager, "a")
+    size = manager.component("a").size
+    reserve = int(0.05 * 20 * MB)
+    assert manager.usable_free() == 20 * MB - size - reserve
+    assert manager.room_beside(size) == 20 * MB - reserve - size
