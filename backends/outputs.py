@@ -67,6 +67,13 @@ class OutputWriter:
         self.root = Path(root)
         self._lock = threading.Lock()
 
+    def _make_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"Cannot create the outputs folder {self.root}: {error}. "
+                              "Choose a writable folder with --outputs.") from error
+
     def _next_path(self, seed: int, suffix: str) -> Path:
         folder = self.root / dt.date.today().isoformat()
         folder.mkdir(parents=True, exist_ok=True)
@@ -77,11 +84,7 @@ class OutputWriter:
         """Save PNGs carrying ``params`` as a ``parameters`` text chunk and as JSON (``studio``)."""
         saved: list[Path] = []
         with self._lock:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise OutputError(f"Cannot create the outputs folder {self.root}: {error}. "
-                                  "Choose a writable folder with --outputs.") from error
+            self._make_root()
             for index, image in enumerate(images):
                 meta = dict(params, image_index=index)
                 info = PngImagePlugin.PngInfo()
@@ -112,11 +115,7 @@ class OutputWriter:
             raise ValueError("save_video needs at least one frame")
         saved: dict[str, Path] = {}
         with self._lock:
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise OutputError(f"Cannot create the outputs folder {self.root}: {error}. "
-                                  "Choose a writable folder with --outputs.") from error
+            self._make_root()
             video = self._next_path(int(params.get("seed", 0)), ".mp4")
             try:
                 saved["video"] = atomic_write(video, lambda tmp: _write_mp4(tmp, frames, fps))
