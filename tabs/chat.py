@@ -31,7 +31,7 @@ from backends.errors import Cancelled
 from backends.progress import JobControl, no_progress
 from backends.stablelm_prompt import default_system_prompt
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone, user_errors
+from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone, user_errors, wire_stop
 
 logger = logging.getLogger(__name__)
 
@@ -225,10 +225,7 @@ def build(studio: Studio) -> dict[str, Any]:
                                queue=False).success(**respond_event)]
     clear.click(lambda: ([], ""), None, [chatbot, stats], api_visibility="private", queue=False)
 
-    def on_stop(request: gr.Request) -> None:
-        studio.stop_job(session_of(request))
-
-    stop.click(on_stop, None, None, cancels=events, api_visibility="private", queue=False)
+    wire_stop(studio, stop, events)
     _register_api(studio, system_default)
     return {"chatbot": chatbot, "message": message, "send": send, "stop": stop, "regenerate": regenerate,
             "clear": clear, "stats": stats, "system_prompt": system, "temperature": temperature,

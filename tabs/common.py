@@ -79,3 +79,13 @@ def on_gpu(handler: Callable[..., T], seconds: Callable[..., int]) -> Callable[.
     import spaces  # only installed on Spaces
 
     return spaces.GPU(duration=seconds)(handler)
+
+
+def wire_stop(studio: Any, stop: gr.Button, events: list[Any]) -> None:
+    """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``."""
+
+    def on_stop(request: gr.Request) -> None:
+        if studio.stop_job(session_of(request)):
+            gr.Info("Stopping after the current step…")
+
+    stop.click(on_stop, None, None, cancels=events, api_visibility="private", queue=False)

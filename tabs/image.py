@@ -17,7 +17,7 @@ import gradio as gr
 
 from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone
+from tabs.common import GPU_QUEUE, on_gpu, standalone, wire_stop
 from tabs.streaming import image_job
 
 logger = logging.getLogger(__name__)
@@ -147,11 +147,7 @@ def build(studio: Studio) -> dict[str, Any]:
 
     gallery.select(on_select, info, selected, api_visibility="private", queue=False)
 
-    def on_stop(request: gr.Request) -> None:
-        if studio.stop_job(session_of(request)):
-            gr.Info("Stopping after the current step…")
-
-    stop.click(on_stop, None, None, cancels=[event], api_visibility="private", queue=False)
+    wire_stop(studio, stop, [event])
     return {"selected_image": selected, "send_row": send_row}
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from backends.orbit_requests import MAX_STEPS, PATHS, VARIANTS, OrbitRequest, prepare_object
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors
+from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors, wire_stop
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +131,7 @@ def build(studio: Studio) -> dict[str, gr.Component]:
                api_visibility="private", queue=False)
     event.then(lambda: recent_orbits(studio), None, history, api_visibility="private", queue=False)
 
-    def on_stop(request: gr.Request) -> None:
-        if studio.stop_job(session_of(request)):
-            gr.Info("Stopping after the current step…")
-
-    stop.click(on_stop, None, None, cancels=[event], api_visibility="private", queue=False)
+    wire_stop(studio, stop, [event])
     return {"image": image, "preview": shown}
 
 

@@ -23,7 +23,7 @@ import gradio as gr
 
 from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, ImageVariationRequest, Img2ImgRequest
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone
+from tabs.common import GPU_QUEUE, on_gpu, standalone, wire_stop
 from tabs.streaming import image_job
 
 logger = logging.getLogger(__name__)
@@ -149,11 +149,7 @@ def build(studio: Studio) -> dict[str, Any]:
     for event in events:
         event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
 
-    def on_stop(request: gr.Request) -> None:
-        if studio.stop_job(session_of(request)):
-            gr.Info("Stopping after the current step…")
-
-    stop.click(on_stop, None, None, cancels=events, api_visibility="private", queue=False)
+    wire_stop(studio, stop, events)
     return {"image": image}
 
 

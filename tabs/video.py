@@ -24,7 +24,7 @@ from PIL import Image
 
 from backends.studio import Studio
 from backends.video_requests import FITS, MAX_FRAMES, MAX_FPS, MAX_STEPS, MIN_FPS, VideoRequest, prepare_image
-from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors
+from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors, wire_stop
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,7 @@ def build(studio: Studio) -> dict[str, gr.Component]:
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_videos(studio), None, history, api_visibility="private", queue=False)
 
-    def on_stop(request: gr.Request) -> None:
-        if studio.stop_job(session_of(request)):
-            gr.Info("Stopping after the current step…")
-
-    stop.click(on_stop, None, None, cancels=[event], api_visibility="private", queue=False)
+    wire_stop(studio, stop, [event])
     return {"image": image, "preview": shown}
 
 
