@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 import pytest
 
 # Before huggingface_hub is imported anywhere: it reads the flag once, at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+
+CHROMIUM = "/usr/bin/chromium"
+#: Flags that let Chromium run headless as root on a machine with no network (see NOTES.md).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -95,3 +104,22 @@ def tight_budget_bytes(tiny_cache: Path) -> int:
     # The reserve is a fraction of the budget: the budget less it must hold the decoder's need
     # but not the decoder's need plus the prior. Aim at the middle of that window.
     return int((decoder_need + size["prior"] / 2) / (1 - RESERVE_FRACTION))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator["Browser"]:
+    """Debian's Chromium through Playwright, one per test module (browser tests only)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser: "Browser") -> Iterator["Page"]:
+    """A fresh page in its own browser context (no cookies or storage shared between tests)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    yield context.new_page()
+    context.close()

@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
-import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-
-CHROMIUM = "/usr/bin/chromium"
-#: Flags that let Chromium run headless as root on a machine with no network (see NOTES.md).
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture()
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    yield context.new_page()
-    context.close()
+from playwright.sync_api import Page, expect
 
 
 def test_type_a_prompt_click_generate_and_see_an_image(launch_app: Callable[..., str], page: Page) -> None:

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
-import pytest
-from playwright.sync_api import Page, expect, sync_playwright
-
-from tests.test_browser import CHROMIUM, FLAGS
-
-
-@pytest.fixture()
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        browser.close()
+from playwright.sync_api import Page, expect
 
 
 def test_send_a_result_to_orbit_and_play_the_orbit(launch_app: Callable[..., str], page: Page) -> None:

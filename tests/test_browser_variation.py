@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
-import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from tests.test_browser import CHROMIUM, FLAGS
 
 #: Records every text the result gallery shows, so previews that last a fraction of a second
 #: are seen however fast the tiny models are.
@@ -17,14 +15,6 @@ RECORD_GALLERY_TEXT = """() => {
   new MutationObserver(() => window.__galleryTexts.push(gallery.innerText))
     .observe(gallery, {subtree: true, childList: true, characterData: true});
 }"""
-
-
-@pytest.fixture()
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
-        browser.close()
 
 
 def test_send_a_result_to_variation_and_watch_the_previews(launch_app: Callable[..., str], page: Page) -> None:

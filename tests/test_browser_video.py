@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
-import pytest
 from PIL import Image
-from playwright.sync_api import Page, expect, sync_playwright
-
-from tests.test_browser import CHROMIUM, FLAGS
-
-
-@pytest.fixture()
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
-        browser.close()
+from playwright.sync_api import Page, expect
 
 
 def test_upload_generate_and_play(launch_app: Callable[..., str], page: Page, tmp_path: Path) -> None:

@@ -3,24 +3,9 @@ reply with its figures, Regenerate replaces it, Clear empties the chat."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
-import pytest
-from playwright.sync_api import Page, expect, sync_playwright
-
-CHROMIUM = "/usr/bin/chromium"
-#: Flags that let Chromium run headless as root on a machine with no network (see NOTES.md).
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture()
-def page() -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        yield context.new_page()
-        browser.close()
+from playwright.sync_api import Page, expect
 
 
 def test_send_regenerate_and_clear(launch_app: Callable[..., str], page: Page) -> None:
