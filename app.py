@@ -218,9 +218,14 @@ def _wire_send_to(handles: dict[str, dict[str, Any]], tab_set: Any) -> None:
                      api_visibility="private", queue=False)
 
 
-def launch(args: argparse.Namespace, prevent_thread_lock: bool = False) -> tuple[Any, str]:
-    """Build and start the app; returns the Blocks and the local URL."""
-    studio = build_studio(args)
+def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
+           studio: Any | None = None) -> tuple[Any, str]:
+    """Build and start the app; returns the Blocks and the local URL.
+
+    ``studio`` lets tests keep the Studio they serve, to arm faults or count loads; the app
+    itself always builds its own from ``args``.
+    """
+    studio = studio if studio is not None else build_studio(args)
     demo = build_ui(studio, args.tabs)
     demo.queue(default_concurrency_limit=4)
     auth = resolve_auth(args)

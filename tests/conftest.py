@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
+
+    from backends.studio import Studio
 
 import pytest
 
@@ -52,22 +55,80 @@ def tiny_cache(models_dir: Path) -> Path:
 
 
 @pytest.fixture()
-def launch_app(models_dir: Path, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start the real app in-process on a free port; returns its URL. Closed after the test."""
+def launch_studio(models_dir: Path, tmp_path: Path) -> Iterator[Callable[..., tuple["Studio", str]]]:
+    """Start the real app in-process on a free port; returns its Studio (faults, load counts) and URL.
+
+    Extra argv goes after the test defaults, so a test's own ``--outputs`` wins. Closed after the test.
+    """
     import app
 
     started = []
 
-    def start(*argv: str) -> str:
+    def start(*argv: str) -> tuple["Studio", str]:
         args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir),
                                "--outputs", str(tmp_path / "outputs"), *argv], environ={})
-        demo, url = app.launch(args, prevent_thread_lock=True)
+        studio = app.build_studio(args)
+        demo, url = app.launch(args, prevent_thread_lock=True, studio=studio)
         started.append(demo)
-        return url
+        return studio, url
 
     yield start
     for demo in started:
         demo.close()
+
+
+@pytest.fixture()
+def launch_app(launch_studio: Callable[..., tuple["Studio", str]]) -> Callable[..., str]:
+    """Start the real app in-process on a free port; returns its URL. Closed after the test."""
+    return lambda *argv: launch_studio(*argv)[1]
+
+
+#: Screenshots and the reliability figures of the last run (``.gitignore``d).
+ARTIFACTS = Path(os.environ.get("STUDIO_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave files for people to look at: screenshots, ``reliability.json``."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+class Tally:
+    """Counts what the reliability tests tried and what held, for docs/reliability.md.
+
+    ``add("bad_inputs", "/generate_image", tried=1, answered=1)`` adds to nested counters; the
+    session writes them to ``test-artifacts/reliability.json`` when it ends.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, category: str, key: str, **counters: int) -> None:
+        with self._lock:
+            slot = self.counts.setdefault(category, {}).setdefault(key, {})
+            for name, value in counters.items():
+                slot[name] = slot.get(name, 0) + value
+
+    def totals(self, category: str) -> dict[str, int]:
+        """The counters of one category summed over its keys."""
+        total: dict[str, int] = {}
+        for slot in self.counts.get(category, {}).values():
+            for name, value in slot.items():
+                total[name] = total.get(name, 0) + value
+        return total
+
+
+@pytest.fixture(scope="session")
+def tally(artifacts_dir: Path) -> Iterator[Tally]:
+    """The session's reliability counters; written to ``reliability.json`` at the end."""
+    import json
+
+    counts = Tally()
+    yield counts
+    report = {category: {"total": counts.totals(category), "by": by} for category, by in counts.counts.items()}
+    (artifacts_dir / "reliability.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 @pytest.fixture(scope="session")
