@@ -125,17 +125,42 @@ def _exposed(host: str) -> bool:
 
 
 def resolve_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
-    """Logins for launch(); never None when the app is reachable from the LAN, unless --no-auth."""
+    """Logins for launch(); never None when other machines can reach the app, unless --no-auth.
+
+    Other machines reach it through a non-loopback address (``--listen``, ``--host``) or through a
+    ``--share`` link, which is public on the internet: both get a generated password by default.
+    """
     if args.auth_pairs:
         return args.auth_pairs
-    if not _exposed(args.host) or args.no_auth:
-        if args.no_auth and _exposed(args.host):
-            logger.warning("serving on %s WITHOUT a login (--no-auth): anyone on the network can use it", args.host)
+    reachable = _exposed(args.host) or args.share
+    if not reachable or args.no_auth:
+        if args.no_auth and reachable:
+            where = "through a public share link" if args.share else f"on {args.host}"
+            logger.warning("serving %s WITHOUT a login (--no-auth): anyone who can reach it can use it", where)
         return None
     password = secrets.token_urlsafe(12)
     logger.warning("LAN access needs a login. User: studio  Password: %s  (set your own with --auth USER:PASS)",
                    password)
     return [("studio", password)]
+
+
+def private_paths(args: argparse.Namespace) -> list[str]:
+    """Folders gradio must never serve, even when ``--outputs`` is set to a folder above them.
+
+    gradio serves every file under ``allowed_paths`` (the outputs), so ``--outputs ~`` would
+    otherwise hand out the hub token (``~/.cache/huggingface/token``) and the model weights;
+    ``blocked_paths`` wins over ``allowed_paths``. A folder that holds the outputs themselves is
+    left out, or no result could be shown.
+    """
+    from huggingface_hub import constants
+
+    outputs = Path(args.outputs).resolve()
+    folders = [Path(constants.HF_HOME), Path(constants.HF_HUB_CACHE), Path(constants.HF_TOKEN_PATH).parent,
+               cache_dir(args.models_dir)]
+    if args.models_dir is not None:
+        folders.append(Path(args.models_dir))
+    blocked = {folder.resolve() for folder in folders}
+    return sorted(str(folder) for folder in blocked if not outputs.is_relative_to(folder))
 
 
 def lan_addresses() -> list[str]:
@@ -231,7 +256,8 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     auth = resolve_auth(args)
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port, auth=auth, share=args.share,
-        allowed_paths=[str(Path(args.outputs).resolve())], max_file_size=MAX_UPLOAD,
+        allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),
+        max_file_size=MAX_UPLOAD,
         prevent_thread_lock=True, quiet=True,
         auth_message="Cascade Studio: log in with the user and password from the console or --auth.")
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
