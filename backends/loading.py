@@ -22,6 +22,9 @@ from backends.errors import ModelUnavailable
 logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
+#: Weight files that are Python pickles (PyTorch ``.bin``/``.pt``/``.pth``, Lightning and sgm
+#: ``.ckpt``): unpickling one runs whatever code its author put in it, so they are never loaded.
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 
 T = TypeVar("T")
 
@@ -62,6 +65,37 @@ def resolve_repo(source: Source, ctx: LoadContext) -> str:
     return source.repo
 
 
+def refuse_pickle_only(folder: Path, where: str) -> None:
+    """Refuse a local model folder whose weights are pickles only, before any library opens it.
+
+    ``use_safetensors=True`` already keeps diffusers and transformers from unpickling, but
+    their error ("no file named diffusion_pytorch_model.safetensors") hides the reason, and a
+    single-file checkpoint (``sv3d_u.ckpt``) never reaches them. A folder holding any
+    ``.safetensors`` file passes: the libraries then pick the safetensors and skip the pickles.
+
+    Args:
+        folder: the local folder (subfolder included) the component is read from.
+        where: how the preset names the component, for the message.
+
+    Raises:
+        ModelUnavailable: the folder holds pickle weight files and no safetensors.
+    """
+    if not folder.is_dir():
+        return
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return
+    pickles = sorted(p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        shown = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
+        raise ModelUnavailable(
+            f"Refused to load {where}: the folder {folder} holds only pickle weights ({shown}), and "
+            "Cascade Studio loads safetensors only, because loading a pickle can run any code "
+            "hidden in it. Nothing was loaded. Point the preset at a folder with .safetensors "
+            "files (the Hugging Face repos have them), or convert these weights to safetensors "
+            "on a machine where you trust them.")
+
+
 def load_pretrained(cls: type[T], source: Source, ctx: LoadContext, **kwargs: Any) -> T:
     """Load ``cls`` from ``source`` with safetensors only, turning missing files into a clear error.
 
@@ -73,6 +107,8 @@ def load_pretrained(cls: type[T], source: Source, ctx: LoadContext, **kwargs: An
         **kwargs: passed on, e.g. ``dtype=torch.bfloat16``.
     """
     target = resolve_repo(source, ctx)
+    where = f"{source.repo}" + (f" (subfolder {source.subfolder})" if source.subfolder else "")
+    refuse_pickle_only(Path(target).expanduser() / (source.subfolder or ""), f"{cls.__name__} from {where}")
     options: dict[str, Any] = dict(kwargs)
     if source.subfolder:
         options["subfolder"] = source.subfolder
@@ -92,7 +128,6 @@ def load_pretrained(cls: type[T], source: Source, ctx: LoadContext, **kwargs: An
         options["use_safetensors"] = True
         if source.variant:
             options["variant"] = source.variant
-    where = f"{source.repo}" + (f" (subfolder {source.subfolder})" if source.subfolder else "")
     started = time.perf_counter()
     try:
         loaded = cls.from_pretrained(target, **options)  # type: ignore[attr-defined]
@@ -129,10 +164,11 @@ def resolve_file(source: Source, filename: str, ctx: LoadContext) -> Path:
         stem, dot, suffix = filename.rpartition(".")
         filename = f"{stem}.{source.variant}{dot}{suffix}"
     where = f"{filename} from {source.repo}" + (f" (subfolder {source.subfolder})" if source.subfolder else "")
-    target = Path(resolve_repo(source, ctx))
+    target = Path(resolve_repo(source, ctx)).expanduser()
     if source.repo.startswith(TINY_PREFIX) or target.is_dir():
         path = target / (source.subfolder or "") / filename
         if not path.is_file():
+            refuse_pickle_only(path.parent, where)
             raise ModelUnavailable(f"Could not load {where}: there is no {path}.")
         return path
     from huggingface_hub import hf_hub_download

@@ -159,6 +159,11 @@ class FaultInjector:
         with self._lock:
             self._armed.setdefault(site, []).extend([make] * times)
 
+    def pending(self, site: str) -> int:
+        """How many armed faults ``site`` has not raised yet (tests check every fault fired)."""
+        with self._lock:
+            return len(self._armed.get(site, []))
+
     def fire(self, site: str) -> None:
         with self._lock:
             pending = self._armed.get(site)
@@ -219,12 +224,25 @@ class MemoryManager:
         # by a thread other than the one that took it.
         self._job_lock = threading.Lock()
         self._mode = MemoryMode.AUTO
+        self._retried_from: MemoryMode | None = None
         self._clock = itertools.count(1)
+        #: Jobs that ran out of device memory and were retried one mode lower (tests and logs
+        #: read these to prove the retry path ran; they only ever grow).
+        self.oom_retries = 0
+        #: Jobs that ran out of memory for good: the user got ``OutOfMemory``.
+        self.oom_failures = 0
 
     @property
     def mode(self) -> MemoryMode:
         """The memory mode of the job now running (AUTO between jobs)."""
         return self._mode
+
+    def retried_from(self) -> MemoryMode | None:
+        """Inside a job: the mode that ran out of memory when this attempt is the retry, else None.
+
+        Lets the caller tell the user that the result came from the slower, lower mode.
+        """
+        return self._retried_from
 
     # ----- registration and readings -------------------------------------------------------
     def register(self, name: str, loader: Callable[[], nn.Module], *, size_hint: int = 0) -> None:
@@ -300,16 +318,13 @@ class MemoryManager:
             try:
                 return self._with_mode(mode, fn)
             except torch.OutOfMemoryError as first:
-                lower = mode.lower()
-                logger.warning("out of memory in %s (%s mode): %s; retrying in %s mode",
-                               what, mode.value, first, lower.value if lower else "no lower")
-                self.evict_all()
+                lower = self._after_oom(what, mode, first, retry=True)
                 if lower is None:
                     raise OutOfMemory(self._oom_message(what, [mode])) from first
                 try:
-                    return self._with_mode(lower, fn)
+                    return self._with_mode(lower, fn, retried_from=mode)
                 except torch.OutOfMemoryError as second:
-                    self.evict_all()
+                    self._after_oom(what, lower, second, retry=False)
                     raise OutOfMemory(self._oom_message(what, [mode, lower])) from second
 
     def stream(self, fn: Callable[[], Iterator[T]], mode: MemoryMode | str = MemoryMode.AUTO,
@@ -326,6 +341,7 @@ class MemoryManager:
             attempts = [mode, *([mode.lower()] if mode.lower() else [])]
             for attempt, current in enumerate(attempts):
                 previous, self._mode = self._mode, current
+                self._retried_from = attempts[0] if attempt else None
                 produced = False
                 try:
                     for item in fn():
@@ -333,27 +349,41 @@ class MemoryManager:
                         yield item
                     return
                 except torch.OutOfMemoryError as error:
-                    logger.warning("out of memory in %s (%s mode): %s", what, current.value, error)
-                    self.evict_all()
-                    if produced or attempt == len(attempts) - 1:
+                    last = produced or attempt == len(attempts) - 1
+                    self._after_oom(what, current, error, retry=not last)
+                    if last:
                         raise OutOfMemory(self._oom_message(what, attempts[: attempt + 1])) from error
                 finally:
-                    self._mode = previous
+                    self._mode, self._retried_from = previous, None
 
-    def _with_mode(self, mode: MemoryMode, fn: Callable[[], T]) -> T:
-        previous, self._mode = self._mode, mode
+    def _after_oom(self, what: str, mode: MemoryMode, error: BaseException, retry: bool) -> MemoryMode | None:
+        """Log and count an OOM, free the device; returns the mode to retry in (None: give up)."""
+        lower = mode.lower() if retry else None
+        if lower is not None:
+            self.oom_retries += 1
+            logger.warning("out of memory in %s (%s mode): %s; evicting everything and retrying in %s mode",
+                           what, mode.value, error, lower.value)
+        else:
+            self.oom_failures += 1
+            logger.warning("out of memory in %s (%s mode): %s; giving up", what, mode.value, error)
+        self.evict_all()
+        return lower
+
+    def _with_mode(self, mode: MemoryMode, fn: Callable[[], T], retried_from: MemoryMode | None = None) -> T:
+        previous, self._mode, self._retried_from = self._mode, mode, retried_from
         try:
             return fn()
         finally:
-            self._mode = previous
+            self._mode, self._retried_from = previous, None
 
     def _oom_message(self, what: str, modes: list[MemoryMode]) -> str:
         raw = self.probe.read()
         tried = " then ".join(m.value for m in modes)
         return (f"Out of device memory running {what} (tried {tried} mode). Budget "
                 f"{format_bytes(self._capacity(raw))}, free {format_bytes(max(self._free(raw), 0))}. "
-                "Try a smaller size or fewer images, close other GPU programs, or use a lighter "
-                "preset (lite or cpu).")
+                "Try a smaller request (a smaller size, fewer images or frames, a shorter reply), "
+                "close other programs that use the GPU, or start the app with a lighter preset "
+                "(--preset lite or cpu). The app is still running.")
 
     def checkpoint(self, site: str) -> None:
         """A point where tests may inject a fault (see ``FaultInjector``)."""
@@ -522,7 +552,7 @@ class MemoryManager:
             else:
                 chosen = [c for c in self._components.values()
                           if c.name == name or c.name.startswith(name + ".")]
-            if not chosen:
+            if not chosen and name != "all":  # "all" with nothing loaded has nothing to do
                 known = ", ".join(["all", *sorted(self._components)])
                 raise UnknownNameError(f"Unknown model {name!r}; known: {known}")
             for comp in chosen:

@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from backends.outputs import OutputError, OutputWriter, atomic_write
+from backends.outputs import OutputError, OutputWriter, atomic_write, write_error_message
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ def save_orbit(writer: OutputWriter, frames: list[Image.Image], fps: int, params
                 frame.save(staging / f"{index:03d}.png", format="PNG")
             os.replace(staging, folder)
         except OSError as error:
-            raise OutputError(f"Could not save the frames in {folder.parent}: {error.strerror or error}. "
-                              "Free some disk space or choose another folder with --outputs.") from error
+            raise OutputError(write_error_message(error, f"the frames {folder.name}", writer.root)) from error
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

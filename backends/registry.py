@@ -7,6 +7,7 @@ nothing), and runs it under the memory manager, which owns placement and the OOM
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import threading
@@ -15,7 +16,7 @@ from typing import Any, Iterator, Protocol
 
 from backends.errors import UnknownNameError
 from backends.loading import TINY_PREFIX, LoadContext
-from backends.memory import MemoryManager
+from backends.memory import MemoryManager, MemoryMode
 from backends.progress import ProgressFn
 from backends.settings import PresetSettings
 
@@ -160,22 +161,49 @@ class Registry:
             return self._backends[name]
 
     def run(self, task: str, request: Any, progress: ProgressFn) -> Any:
-        """Run ``task`` on its backend; OOM is retried once one memory mode lower by the manager."""
+        """Run ``task`` on its backend; OOM is retried once one memory mode lower by the manager.
+
+        A result that came from the retry says so in its ``info["notices"]``.
+        """
         spec = self.spec_for_task(task)
         self.ensure_files(spec.name, progress)
         backend = self.backend(spec.name)
         mode = self.settings(spec.name).memory_mode
-        return self.manager.run(lambda: backend.run(task, request, progress), mode=mode,
-                                what=f"{spec.family} {task.replace('_', '-')}")
+
+        def job() -> Any:
+            result = backend.run(task, request, progress)
+            return self._noted_retry(result)
+
+        return self.manager.run(job, mode=mode, what=f"{spec.family} {task.replace('_', '-')}")
 
     def stream(self, task: str, request: Any, progress: ProgressFn) -> Iterator[Any]:
-        """Run a streaming task (the backend's ``stream``), holding the device only while iterated."""
+        """Run a streaming task (the backend's ``stream``), holding the device only while iterated.
+
+        When the manager's OOM retry produced the stream, its first item says so in ``notices``.
+        """
         spec = self.spec_for_task(task)
         self.ensure_files(spec.name, progress)
         backend = self.backend(spec.name)
         mode = self.settings(spec.name).memory_mode
-        return self.manager.stream(lambda: backend.stream(task, request, progress), mode=mode,
-                                   what=f"{spec.family} {task.replace('_', '-')}")
+
+        def job() -> Iterator[Any]:
+            items = backend.stream(task, request, progress)
+            try:
+                first = True
+                for item in items:
+                    yield self._noted_retry(item) if first else item
+                    first = False
+            finally:
+                items.close()  # Stop: end the backend's stream now, releasing what it holds
+
+        return self.manager.stream(job, mode=mode, what=f"{spec.family} {task.replace('_', '-')}")
+
+    def _noted_retry(self, result: Any) -> Any:
+        """``result`` with a notice added when it came from the manager's OOM retry."""
+        first = self.manager.retried_from()
+        if first is None:
+            return result
+        return with_notice(result, retry_notice(first, self.manager.mode))
 
     def ensure_files(self, name: str, progress: ProgressFn | None = None) -> None:
         """Download what backend ``name`` lacks before it loads (checked locally, no network).
@@ -207,3 +235,22 @@ class Registry:
     def size_estimate(self, name: str) -> int:
         """Bytes of the backend's weights in the preset's dtype, before anything is loaded."""
         return sum(self._component_sizes(name).values())
+
+
+def retry_notice(first: MemoryMode, used: MemoryMode) -> str:
+    """What the user reads when a job ran out of device memory and succeeded one mode lower."""
+    return (f"Ran out of device memory in {first.value} memory mode; freed the device and ran again "
+            f"in {used.value} mode, which is slower.")
+
+
+def with_notice(result: Any, notice: str) -> Any:
+    """Add ``notice`` to a backend result: ``info["notices"]`` (images, video, orbit) or a
+    dataclass's ``notices`` tuple (chat chunks); other results are returned unchanged."""
+    info = getattr(result, "info", None)
+    if isinstance(info, dict):
+        info["notices"] = [*info.get("notices", []), notice]
+        return result
+    if dataclasses.is_dataclass(result) and not isinstance(result, type) and hasattr(result, "notices"):
+        return dataclasses.replace(result, notices=(notice, *result.notices))
+    logger.info("%s (the result has no notices to carry this)", notice)
+    return result

@@ -163,6 +163,53 @@ def test_oom_during_a_run_retries_once_in_the_next_lower_mode() -> None:
     assert manager.mode is MemoryMode.AUTO
 
 
+def test_the_retry_is_counted_and_visible_to_the_job() -> None:
+    manager = manager_with(100, {"a": 4})
+    manager.faults.arm("a", times=1)
+    seen: list[MemoryMode | None] = []
+
+    def job() -> None:
+        seen.append(manager.retried_from())
+        touch(manager, "a")
+
+    manager.run(job)
+    assert seen == [None, MemoryMode.AUTO]  # the second attempt knows it is the retry, and of what
+    assert (manager.oom_retries, manager.oom_failures, manager.faults.pending("a")) == (1, 0, 0)
+    assert manager.retried_from() is None  # between jobs
+    manager.faults.arm("a", times=2)
+    with pytest.raises(OutOfMemory, match="out of memory|Out of device memory"):
+        manager.run(job)
+    assert (manager.oom_retries, manager.oom_failures) == (2, 1)
+
+
+def test_the_oom_message_says_what_to_do() -> None:
+    manager = manager_with(100, {"a": 4})
+    manager.faults.arm("a", times=2)
+    with pytest.raises(OutOfMemory) as caught:
+        manager.run(lambda: touch(manager, "a"), what="Stable Cascade text-to-image")
+    message = str(caught.value)
+    assert message.startswith("Out of device memory running Stable Cascade text-to-image (tried auto then offload")
+    assert "Try a smaller request" in message and "--preset lite or cpu" in message
+    assert "still running" in message
+
+
+def test_a_stream_retried_after_an_early_oom_is_counted_and_knows_it() -> None:
+    manager = manager_with(100, {"a": 4})
+    manager.faults.arm("a", times=1)
+
+    def tokens():
+        with manager.use("a"):
+            yield manager.retried_from()
+
+    assert list(manager.stream(tokens)) == [MemoryMode.AUTO]
+    assert (manager.oom_retries, manager.oom_failures) == (1, 0)
+    manager.faults.arm("a", times=2)
+    with pytest.raises(OutOfMemory, match="tried auto then offload"):
+        list(manager.stream(tokens))
+    assert (manager.oom_retries, manager.oom_failures) == (2, 1)
+    assert manager.run(lambda: "serving") == "serving"
+
+
 def test_second_oom_gives_a_clear_error_and_leaves_nothing_half_placed() -> None:
     manager = manager_with(100, {"a": 4, "b": 4})
     manager.faults.arm("a", times=2)
@@ -215,6 +262,7 @@ def test_two_threads_at_once_run_one_job_at_a_time() -> None:
 
 def test_unload_by_name_family_and_all() -> None:
     manager = manager_with(100, {"fam.a": 1, "fam.b": 1, "other": 1})
+    assert manager_with(100, {}).unload("all") == []  # nothing registered yet: nothing to do, not an error
     touch(manager, "fam.a", "fam.b", "other")
     assert manager.unload("fam.a") == ["fam.a"]
     assert placements(manager)["fam.a"] == "disk"

@@ -65,6 +65,18 @@ def test_user_preset_inherits_its_base_and_overrides_sparsely(presets_dir: Path)
     assert [p.name for p in preset.files] == ["bf16.yaml", "mine.yaml"]
 
 
+def test_a_preset_file_anywhere_is_loaded_by_its_path(tmp_path: Path) -> None:
+    """``--preset /some/where/mine.yaml``: no file has to go into the repo's presets/user/."""
+    path = tmp_path / "elsewhere" / "mine.yaml"
+    path.parent.mkdir()
+    path.write_text("base: tiny\nstablelm:\n  model: {repo: /models/lm}\n")
+    preset = presets.load(str(path))
+    assert preset.name == "mine" and preset.files == (presets.PRESETS_DIR / "tiny.yaml", path.resolve())
+    assert preset.settings.stablelm.model.repo == "/models/lm"
+    assert preset.settings.cascade.prior.repo == "tiny:cascade"  # from the base
+    assert "mine" not in presets.available()
+
+
 def test_bad_key_names_file_key_and_allowed_keys(presets_dir: Path) -> None:
     path = presets_dir / "user" / "typo.yaml"
     path.write_text("cascade:\n  prior_stepz: 3\n")
