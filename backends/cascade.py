@@ -58,7 +58,7 @@ VQGAN = "cascade.vqgan"
 
 _STAGES = ("text_encoder", "prior", "decoder", "vqgan")
 #: Request fields copied into the info JSON as they are.
-_INFO_FIELDS = ("seed", "width", "height", "num_images", "prior_steps", "decoder_steps", "prior_guidance",
+_INFO_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "num_images", "prior_steps", "decoder_steps", "prior_guidance",
                 "decoder_guidance")
 
 

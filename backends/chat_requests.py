@@ -60,10 +60,13 @@ def flatten_content(content: Any, where: str = "history") -> str:
     if isinstance(content, dict):
         if content.get("type", "text") == "text" and isinstance(content.get("text"), str):
             return content["text"]
+        if content.get("type") == "text":  # a text part whose text is missing or not text
+            raise InputError(where, f"a text part needs its 'text' as a string, got "
+                                    f"{type(content.get('text')).__name__}")
         return ""  # a file, image or component part
     if isinstance(content, (list, tuple)):
         return "\n".join(text for part in content if (text := flatten_content(part, where)))
-    raise InputError(where, f"message content must be text or a list of text parts, got {type(content).__name__}")
+    raise InputError(where, f"content must be text or a list of text parts, got {type(content).__name__}")
 
 
 def _field(item: Any, name: str) -> Any:

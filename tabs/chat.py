@@ -223,7 +223,9 @@ def build(studio: Studio) -> dict[str, Any]:
               message.submit(**accepted).success(**respond_event),
               regenerate.click(retry, chatbot, [chatbot, pending], api_visibility="private",
                                queue=False).success(**respond_event)]
-    clear.click(lambda: ([], ""), None, [chatbot, stats], api_visibility="private", queue=False)
+    # Clear cancels a reply still streaming (otherwise its next update brings the chat back). It
+    # queues behind the reply's slot, so its empty chat reaches the page after the reply's last update.
+    clear.click(lambda: ([], ""), None, [chatbot, stats], api_visibility="private", cancels=events, **GPU_QUEUE)
 
     wire_stop(studio, stop, events)
     _register_api(studio, system_default)
@@ -258,8 +260,10 @@ def _register_api(studio: Studio, system_default: str) -> None:
             gr.Number(label="temperature", value=defaults.temperature),
             gr.Number(label="top_p", value=defaults.top_p),
             gr.Number(label="max_new_tokens", value=defaults.max_new_tokens),
-            gr.Number(label="top_k", value=defaults.top_k),
-            gr.Number(label="repetition_penalty", value=defaults.repetition_penalty),
+            # Not in the contract: the preset's values, held as state so that a client sending
+            # exactly the six contract inputs (raw HTTP included) is answered, not refused.
+            gr.State(defaults.top_k),
+            gr.State(defaults.repetition_penalty),
         ]
         reply_box = gr.Textbox(label="reply")
         trigger = gr.Button("chat api")
@@ -276,7 +280,9 @@ def _register_api(studio: Studio, system_default: str) -> None:
             shown = len(reply.notices)
             yield reply.text
 
-    trigger.click(on_gpu(chat, gpu_seconds), inputs, reply_box, api_name="chat", **GPU_QUEUE)
+    # preprocess=False: gr.Textbox would turn a number or a dict sent as the message into its str();
+    # our validation sees the value as sent and names the field instead.
+    trigger.click(on_gpu(chat, gpu_seconds), inputs, reply_box, api_name="chat", preprocess=False, **GPU_QUEUE)
 
 
 def demo(studio: Studio) -> gr.Blocks:

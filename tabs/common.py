@@ -1,4 +1,5 @@
-"""Helpers every tab shares: error translation at the UI boundary and progress adaptation.
+"""Helpers every tab shares: error translation at the UI boundary, progress adaptation, and the
+wiring of public endpoints that take an uploaded picture.
 
 Gradio shows API clients the message of ``gr.Error`` only, so every handler runs its work through
 ``user_errors``: our own ``StudioError`` keeps its message; anything else is logged with its
@@ -9,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
-from backends.errors import Cancelled, StudioError
+from backends.errors import Cancelled, InputError, StudioError
 from backends.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -22,6 +25,8 @@ T = TypeVar("T")
 
 #: GPU events share one queue slot so two jobs never fight over device memory (DESIGN.md).
 GPU_QUEUE = dict(concurrency_id="gpu", concurrency_limit=1)
+#: The ``meta`` gradio puts on a file object in a JSON payload (``gradio_client.handle_file``).
+FILE_DATA = {"_type": "gradio.FileData"}
 
 
 def user_errors(what: str, work: Callable[[], T]) -> T:
@@ -81,6 +86,20 @@ def on_gpu(handler: Callable[..., T], seconds: Callable[..., int]) -> Callable[.
     return spaces.GPU(duration=seconds)(handler)
 
 
+def on_page_load(fn: Callable[[], Any], outputs: Any) -> None:
+    """Fill ``outputs`` from ``fn`` each time a page opens, without making it an API endpoint.
+
+    A callable component value would do the same, but gradio 6.31 publishes each one as a public
+    ``/lambda_N`` endpoint; a private load event on the Blocks being built does not.
+    """
+    from gradio.context import Context
+
+    root = Context.root_block
+    if root is None:
+        raise RuntimeError("on_page_load must be called while a gr.Blocks is being built")
+    root.load(fn, None, outputs, api_visibility="private", queue=False, show_progress="hidden")
+
+
 def wire_stop(studio: Any, stop: gr.Button, events: list[Any]) -> None:
     """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``."""
 
@@ -89,3 +108,57 @@ def wire_stop(studio: Any, stop: gr.Button, events: list[Any]) -> None:
             gr.Info("Stopping after the current step…")
 
     stop.click(on_stop, None, None, cancels=events, api_visibility="private", queue=False)
+
+
+# ----- API endpoints that take a picture ----------------------------------------------------------
+#
+# A tab's picture input is a ``gr.File``, but its public endpoint reads the picture from a hidden
+# ``gr.JSON`` instead: gradio 6.31 validates a ``gr.File`` payload with pydantic before any handler
+# runs, so a plain path string, a number or a stray dict from an API client failed with gradio's
+# hidden "has not enabled verbose error reporting" message, and a file of another type with
+# "Invalid file type", which names no field. gradio still checks every file object in any input's
+# payload (it must be an upload) and moves it to its cache, so ``uploaded_path`` only has to turn
+# what is left into a path or an error naming the field. The tab's own button keeps the
+# ``gr.File`` and a private event; a hidden button carries the public one.
+
+
+def api_file_input(field: str) -> gr.JSON:
+    """The hidden input a public endpoint reads an uploaded file from (see ``uploaded_path``)."""
+    return gr.JSON(value=None, label=field, visible=False)
+
+
+def api_endpoint(handler: Callable[..., Any], seconds: Callable[..., int], inputs: list[Any],
+                 outputs: list[Any], api_name: str) -> Any:
+    """Wire ``handler`` as the public ``api_name`` on a hidden button, on the GPU queue.
+
+    ``preprocess=False`` hands the handler the values as the client sent them: gradio's
+    ``gr.Textbox`` would otherwise turn a list or a number into its ``str()``, which our
+    validation could no longer tell from text the user typed.
+    """
+    trigger = gr.Button(api_name, visible=False)
+    return trigger.click(on_gpu(handler, seconds), inputs, outputs, api_name=api_name, preprocess=False,
+                         **GPU_QUEUE)
+
+
+def uploaded_path(field: str, value: Any) -> str | None:
+    """The local path of the file an API client uploaded for ``field``; None when none was given.
+
+    Raises:
+        InputError: anything but an uploaded file (``gradio_client.handle_file("photo.png")``).
+    """
+    if value is None or value == "" or value == {}:
+        return None
+    how = "with gradio_client, pass handle_file('photo.png')"
+    if isinstance(value, str):
+        raise InputError(field, f"expected an uploaded file, got the text {value[:80]!r}; {how}")
+    if not isinstance(value, dict):
+        raise InputError(field, f"expected an uploaded file, got {type(value).__name__}; {how}")
+    path = value.get("path")
+    if value.get("meta") != FILE_DATA or not isinstance(path, str):
+        keys = ", ".join(sorted(map(str, value)))[:80]
+        raise InputError(field, f"expected an uploaded file, got an object with keys {keys or 'none'}; {how}")
+    # gradio has refused server paths outside its upload folder and cached the rest (a URL through
+    # its SSRF-guarded download); checked again so that no other path ever reaches the backends.
+    if not Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
+        raise InputError(field, f"{Path(path).name or path[:80]} was not uploaded to this app; {how}")
+    return path

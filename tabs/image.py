@@ -17,7 +17,7 @@ import gradio as gr
 
 from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, on_gpu, standalone, wire_stop
+from tabs.common import GPU_QUEUE, on_gpu, on_page_load, standalone, wire_stop
 from tabs.streaming import image_job
 
 logger = logging.getLogger(__name__)
@@ -109,9 +109,9 @@ def build(studio: Studio) -> dict[str, Any]:
             send_row = gr.Row(elem_id="image-send")
             info = gr.JSON(label="Info (seed used, timings, preset, model)")
     with gr.Accordion("Recent outputs", open=False):
-        # A callable value is evaluated on every page load, so the history is fresh after a restart.
-        history = gr.Gallery(value=lambda: recent_images(studio), label="Recent", columns=6,
-                             height=240, show_label=False)
+        history = gr.Gallery(label="Recent", columns=6, height=240, show_label=False)
+    # Filled at every page load, so the history is fresh after a restart.
+    on_page_load(lambda: recent_images(studio), history)
     last_seed = gr.State(value=None)
     selected = gr.State(value=None)  # path of the result image the user picked (first by default)
     previews = gr.State(value=False)  # the switch, as an input that API calls do not see
@@ -129,13 +129,19 @@ def build(studio: Studio) -> dict[str, Any]:
     inputs = [prompt, negative, width, height, prior_steps, decoder_steps, prior_guidance,
               decoder_guidance, num_images, seed]
 
-    def handler(p: Any, n: Any, w: Any, h: Any, ps: Any, ds: Any, pg: Any, dg: Any, k: Any, s: Any,
+    # The parameter names are the API's (DESIGN.md), so clients may pass them as keywords.
+    def handler(prompt: Any, negative_prompt: Any, width: Any, height: Any, prior_steps: Any,
+                decoder_steps: Any, prior_guidance: Any, decoder_guidance: Any, num_images: Any, seed: Any,
                 show_previews: Any, request: gr.Request,
                 progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
-        yield from generate(studio, [p, n, w, h, ps, ds, pg, dg, k, s], show_previews, request, progress)
+        values = [prompt, negative_prompt, width, height, prior_steps, decoder_steps, prior_guidance,
+                  decoder_guidance, num_images, seed]
+        yield from generate(studio, values, show_previews, request, progress)
 
+    # preprocess=False: gr.Textbox would turn a list or a number sent for the prompt into its str();
+    # our validation sees the value as sent and names the field instead.
     event = run.click(on_gpu(handler, gpu_seconds), [*inputs, previews], [gallery, info],
-                      api_name="generate_image", **GPU_QUEUE)
+                      api_name="generate_image", preprocess=False, **GPU_QUEUE)
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
     event.then(lambda data: ((data or {}).get("files") or [None])[0], info, selected,

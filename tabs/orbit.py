@@ -7,7 +7,8 @@ input; for it the last two are ignored and the info says so. Outputs: the orbit 
 sheet of the views, and the info JSON (seed, camera, guidance per frame, timings, files).
 
 As in the Video tab, the picture comes in through ``gr.File`` (``gr.Image`` opens uploads before
-our validation could name the problem), with a preview of what the model will see.
+our validation could name the problem), with a preview of what the model will see, and the public
+``/orbit`` reads it from a hidden JSON input (``tabs.common`` explains why).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from PIL import Image
 
 from backends.orbit_requests import MAX_STEPS, PATHS, VARIANTS, OrbitRequest, prepare_object
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors, wire_stop
+from tabs.common import (GPU_QUEUE, api_endpoint, api_file_input, gradio_progress, on_gpu, on_page_load, session_of,
+                         standalone, uploaded_path, user_errors, wire_stop)
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +115,8 @@ def build(studio: Studio) -> dict[str, gr.Component]:
             files = gr.File(label="Download (MP4, sheet, parameters)", file_count="multiple", interactive=False)
             info = gr.JSON(label="Info (seed used, camera, guidance, timings)")
     with gr.Accordion("Recent orbits", open=False):
-        history = gr.Gallery(value=lambda: recent_orbits(studio), label="Recent", columns=4, height=240,
-                             show_label=False)
+        history = gr.Gallery(label="Recent", columns=4, height=240, show_label=False)
+    on_page_load(lambda: recent_orbits(studio), history)
 
     image.change(lambda value: preview(studio, value), image, shown, api_visibility="private")
 
@@ -126,12 +128,26 @@ def build(studio: Studio) -> dict[str, gr.Component]:
         return generate(studio, inputs, request, progress)
 
     event = run.click(on_gpu(orbit, gpu_seconds), [image, variant, elevation, steps, seed, path, elevation_end],
-                      [video, sheet, info], api_name="orbit", **GPU_QUEUE)
+                      [video, sheet, info], api_name="orbit_tab", api_visibility="private",
+                      **GPU_QUEUE)  # the public name is the hidden twin's
     event.then(lambda data: [p for k, p in ((data or {}).get("files") or {}).items() if k != "frames"], info, files,
                api_visibility="private", queue=False)
     event.then(lambda: recent_orbits(studio), None, history, api_visibility="private", queue=False)
 
-    wire_stop(studio, stop, [event])
+    def orbit_api(image: Any, variant: Any, elevation_deg: Any, steps: Any, seed: Any, path: Any,
+                  elevation_end_deg: Any, request: gr.Request,
+                  progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict[str, Any]]:
+        """Picture to orbit (image: gradio_client's handle_file("object.png")); returns MP4, sheet, info."""
+        upload = user_errors("Orbit generation", lambda: uploaded_path("image", image))
+        return generate(studio, [upload, variant, elevation_deg, steps, seed, path, elevation_end_deg], request,
+                        progress)
+
+    # The public endpoint reads the picture from a hidden JSON input (tabs.common explains why).
+    api_event = api_endpoint(orbit_api, gpu_seconds,
+                             [api_file_input("image"), variant, elevation, steps, seed, path, elevation_end],
+                             [video, sheet, info], "orbit")
+
+    wire_stop(studio, stop, [event, api_event])
     return {"image": image, "preview": shown}
 
 

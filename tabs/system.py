@@ -11,11 +11,15 @@ from typing import Any
 
 import gradio as gr
 
+from backends.errors import InputError, UnknownNameError
 from backends.memory import format_bytes
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, standalone, user_errors
+from tabs.common import GPU_QUEUE, on_page_load, standalone, user_errors
 
 REFRESH_SECONDS = 2.0
+#: Model names are a few words (``cascade.text_encoder``); a longer one is refused before it is
+#: looked up, so the error does not echo a megabyte back to the client.
+MAX_NAME_CHARS = 200
 
 
 def register_api(studio: Studio) -> None:
@@ -27,12 +31,29 @@ def register_api(studio: Studio) -> None:
 
     def unload(name: str) -> dict:
         """Drop a component (``cascade.prior``), a backend (``cascade``) or ``all`` from memory."""
-        if not isinstance(name, str) or not name.strip():
-            raise gr.Error("name: give a model name from /status, a backend name or 'all'")
-        return user_errors("Unload", lambda: studio.unload(name))
+        return user_errors("Unload", lambda: unload_named(studio, name))
 
     gr.api(status, api_name="status", concurrency_limit=None)
     gr.api(unload, api_name="unload", **GPU_QUEUE)
+
+
+def unload_named(studio: Studio, name: Any) -> dict[str, Any]:
+    """``/unload``: drop ``name`` and return the status; every refusal is an ``InputError`` naming ``name``.
+
+    The lookup is ``studio.unload``'s; its unknown-name error (which lists the known names) gets
+    the field's name here, like the type and length checks before it.
+    """
+    hint = "give a model name from /status, a backend name or 'all'"
+    if not isinstance(name, str):
+        raise InputError("name", f"expected text, got {type(name).__name__}; {hint}")
+    if not name.strip():
+        raise InputError("name", f"is empty; {hint}")
+    if len(name) > MAX_NAME_CHARS:
+        raise InputError("name", f"is {len(name):,} characters; {hint}")
+    try:
+        return studio.unload(name)
+    except UnknownNameError as error:
+        raise InputError("name", str(error)) from error
 
 
 def _summary(status: dict[str, Any]) -> str:
@@ -53,9 +74,8 @@ def _rows(status: dict[str, Any]) -> list[list[Any]]:
 
 def build(studio: Studio) -> dict[str, Any]:
     """Build the tab (call inside a ``gr.Blocks``); refreshes itself every few seconds."""
-    # Callable values are evaluated at each page load, so the tab is filled before the first tick.
-    summary = gr.Markdown(value=lambda: _summary(studio.status()), elem_id="system-summary")
-    table = gr.Dataframe(value=lambda: _rows(studio.status()), headers=["component", "placement", "size", "last used"],
+    summary = gr.Markdown(elem_id="system-summary")
+    table = gr.Dataframe(headers=["component", "placement", "size", "last used"],
                          datatype=["str", "str", "str", "str"], interactive=False,
                          label="Loaded components", elem_id="system-components")
     with gr.Row():
@@ -63,7 +83,7 @@ def build(studio: Studio) -> dict[str, Any]:
         unload_one = gr.Button("Unload", variant="secondary")
         unload_all = gr.Button("Unload all", variant="stop")
     with gr.Accordion("Model files", open=False):
-        files = gr.Markdown(value=lambda: _files_summary(studio), elem_id="system-files")
+        files = gr.Markdown(elem_id="system-files")
         download = gr.Button("Download models for this preset", variant="primary")
     timer = gr.Timer(REFRESH_SECONDS)
 
@@ -72,6 +92,10 @@ def build(studio: Studio) -> dict[str, Any]:
         names = ["all", *sorted({m["name"].split(".")[0] for m in status["models"]}),
                  *[m["name"] for m in status["models"]]]
         return _summary(status), _rows(status), gr.Dropdown(choices=names)
+
+    # Filled at each page load, so the tab shows the status before the first tick.
+    on_page_load(refresh, [summary, table, choice])
+    on_page_load(lambda: _files_summary(studio), files)
 
     def do_unload(name: str) -> tuple[str, list[list[Any]], Any]:
         user_errors("Unload", lambda: studio.unload(name or "all"))

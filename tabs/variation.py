@@ -9,7 +9,9 @@ Each mode has its own Generate button, so each API event takes exactly DESIGN.md
 The input is a ``gr.File`` of image type with a preview beside it, not a ``gr.Image``: Gradio 6.31's
 ``gr.Image`` decodes every upload before the handler runs (even with ``type="filepath"``), so an
 unreadable or oversized file would fail inside Gradio with a message that names no field. With a
-file input, ``backends.image_input`` checks it and says what is wrong. Numeric inputs are plain
+file input, ``backends.image_input`` checks it and says what is wrong. The public endpoints go one
+step further and read the picture from a hidden JSON input (``tabs.common`` explains why), so even a
+plain path or a number sent for ``image`` gets an answer naming the field. Numeric inputs are plain
 ``gr.Number`` fields, for the same reason as in the Image tab. Width and height 0 mean "from the
 input's aspect ratio"; sampling steps and guidance come from the preset (the Image tab's defaults).
 """
@@ -23,7 +25,8 @@ import gradio as gr
 
 from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, ImageVariationRequest, Img2ImgRequest
 from backends.studio import Studio
-from tabs.common import GPU_QUEUE, on_gpu, standalone, wire_stop
+from tabs.common import (GPU_QUEUE, api_endpoint, api_file_input, on_gpu, standalone, uploaded_path,
+                         user_errors, wire_stop)
 from tabs.streaming import image_job
 
 logger = logging.getLogger(__name__)
@@ -141,14 +144,40 @@ def build(studio: Studio) -> dict[str, Any]:
     events = [
         run_variation.click(on_gpu(variation_handler, variation_seconds),
                             [image, prompt, negative, width, height, num_images, seed, previews],
-                            [gallery, info], api_name="image_variation", **GPU_QUEUE),
+                            [gallery, info], api_visibility="private", **GPU_QUEUE),
         run_img2img.click(on_gpu(img2img_handler, img2img_seconds),
                           [image, prompt, negative, strength, width, height, seed, previews],
-                          [gallery, info], api_name="img2img", **GPU_QUEUE),
+                          [gallery, info], api_visibility="private", **GPU_QUEUE),
     ]
     for event in events:
         event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
 
+    # The public endpoints read the picture from a hidden JSON input (tabs.common explains why)
+    # and run without previews.
+    def image_variation(image: Any, prompt: Any, negative_prompt: Any, width: Any, height: Any,
+                        num_images: Any, seed: Any, request: gr.Request,
+                        progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        """Variations of a picture (image: gradio_client's handle_file("photo.png")); returns gallery and info."""
+        path = user_errors("Image variation", lambda: uploaded_path("image", image))
+        yield from variation(studio, [path, prompt, negative_prompt, width, height, num_images, seed], False,
+                             request, progress)
+
+    def img2img_api(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any, height: Any,
+                    seed: Any, request: gr.Request,
+                    progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        """img2img from a picture (image: gradio_client's handle_file("photo.png")); returns gallery and info."""
+        path = user_errors("img2img", lambda: uploaded_path("image", image))
+        yield from img2img(studio, [path, prompt, negative_prompt, strength, width, height, seed], False,
+                           request, progress)
+
+    api_image = api_file_input("image")
+    events += [
+        api_endpoint(image_variation, variation_seconds,
+                     [api_image, prompt, negative, width, height, num_images, seed], [gallery, info],
+                     "image_variation"),
+        api_endpoint(img2img_api, img2img_seconds, [api_image, prompt, negative, strength, width, height, seed],
+                     [gallery, info], "img2img"),
+    ]
     wire_stop(studio, stop, events)
     return {"image": image}
 

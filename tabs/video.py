@@ -7,7 +7,9 @@ The picture comes in through ``gr.File``, not ``gr.Image``: gradio 6.31's ``gr.I
 upload with Pillow before the handler runs, so a damaged or oversized file fails there with a
 message that API clients never see ("has not enabled verbose error reporting"). With ``gr.File``
 our validation reads the file and says what is wrong. A preview beside it shows the picture as the
-model will see it (fitted, transparency on white).
+model will see it (fitted, transparency on white). The public ``/generate_video`` reads the picture
+from a hidden JSON input instead of the ``gr.File`` (``tabs.common`` explains why); the tab's own
+button runs a private twin of the same handler.
 
 The crop/pad choice and the GIF checkbox are UI settings. They reach the handler through
 ``gr.State`` values, which Gradio leaves out of the API, so scripts call ``/generate_video`` with
@@ -24,7 +26,8 @@ from PIL import Image
 
 from backends.studio import Studio
 from backends.video_requests import FITS, MAX_FRAMES, MAX_FPS, MAX_STEPS, MIN_FPS, VideoRequest, prepare_image
-from tabs.common import GPU_QUEUE, gradio_progress, on_gpu, session_of, standalone, user_errors, wire_stop
+from tabs.common import (GPU_QUEUE, api_endpoint, api_file_input, gradio_progress, on_gpu, on_page_load, session_of,
+                         standalone, uploaded_path, user_errors, wire_stop)
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +124,8 @@ def build(studio: Studio) -> dict[str, gr.Component]:
             files = gr.File(label="Download (MP4, parameters, GIF)", file_count="multiple", interactive=False)
             info = gr.JSON(label="Info (seed used, chunk sizes, timings, preset, model)")
     with gr.Accordion("Recent videos", open=False):
-        history = gr.Gallery(value=lambda: recent_videos(studio), label="Recent", columns=4, height=240,
-                             show_label=False)
+        history = gr.Gallery(label="Recent", columns=4, height=240, show_label=False)
+    on_page_load(lambda: recent_videos(studio), history)
     # UI-only settings travel as session state, which the API leaves out (see the module docstring).
     fit_state = gr.State(defaults.fit)
     gif_state = gr.State(False)
@@ -144,14 +147,26 @@ def build(studio: Studio) -> dict[str, gr.Component]:
         return generate(studio, inputs, fit, gif, request, progress)
 
     inputs = [image, num_frames, fps, motion, noise, steps, chunk, seed, fit_state, gif_state]
-    event = run.click(on_gpu(generate_video, gpu_seconds), inputs, [video, info], api_name="generate_video",
-                      **GPU_QUEUE)
+    event = run.click(on_gpu(generate_video, gpu_seconds), inputs, [video, info], api_name="generate_video_tab",
+                      api_visibility="private", **GPU_QUEUE)  # the public name is the hidden twin's
     event.then(lambda data: [path for path in ((data or {}).get("files") or {}).values()], info, files,
                api_visibility="private", queue=False)
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_videos(studio), None, history, api_visibility="private", queue=False)
 
-    wire_stop(studio, stop, [event])
+    def generate_video_api(image: Any, num_frames: Any, fps: Any, motion_bucket_id: Any, noise_aug_strength: Any,
+                           steps: Any, decode_chunk_size: Any, seed: Any, fit: str, gif: bool, request: gr.Request,
+                           progress: gr.Progress = gr.Progress()) -> tuple[str, dict[str, Any]]:
+        """Image to video (image: gradio_client's handle_file("photo.png")); returns the MP4 and the info."""
+        path = user_errors("Video generation", lambda: uploaded_path("image", image))
+        inputs = [path, num_frames, fps, motion_bucket_id, noise_aug_strength, steps, decode_chunk_size, seed]
+        return generate(studio, inputs, fit, gif, request, progress)
+
+    # The public endpoint reads the picture from a hidden JSON input (tabs.common explains why).
+    api_event = api_endpoint(generate_video_api, gpu_seconds, [api_file_input("image"), *inputs[1:]], [video, info],
+                             "generate_video")
+
+    wire_stop(studio, stop, [event, api_event])
     return {"image": image, "preview": shown}
 
 

@@ -33,16 +33,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "photo.png": Image.fromarray(blocks).resize((320, 240), Image.Resampling.BILINEAR),
         "gray.png": Image.new("L", (64, 64), 90),
         "cutout.png": rgba,
-        "dot.png": Image.new("RGB", (1, 1)),
         "huge.png": Image.new("L", (10_000, 10_000), 200),  # compresses to a few hundred kB
     }
     paths = {}
     for name, image in images.items():
         image.save(folder / name)
         paths[name] = str(folder / name)
-    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a picture" * 20)
-    (folder / "notes.txt").write_text("hello")
-    paths.update(corrupt=str(folder / "corrupt.png"), notes=str(folder / "notes.txt"))
     return paths
 
 
@@ -81,27 +77,6 @@ def test_variation_and_img2img_return_saved_images_and_info(client: Client, file
     gallery, info = img2img(client, handle_file(files["photo.png"]), width=384, height=256, strength="0.75")
     assert len(gallery) == 1 and Image.open(gallery[0]["image"]).size == (384, 256)
     assert (info["task"], info["strength"], info["prior_steps_run"]) == ("img2img", 0.75, 3)  # 4 steps x 0.75
-
-
-@pytest.mark.parametrize(("endpoint", "name", "overrides", "message"), [
-    ("variation", None, {}, "image: no image given"),
-    ("img2img", None, {}, "image: no image given"),
-    ("variation", "corrupt", {}, r"image: could not read corrupt\.png as an image"),
-    ("img2img", "dot.png", {}, r"image: is 1×1 pixels; each side must be at least 32"),
-    ("img2img", "photo.png", {"strength": -0.1}, "strength: must be between 0 and 1, got -0.1"),
-    ("img2img", "photo.png", {"strength": 1.5}, "strength: must be between 0 and 1, got 1.5"),
-    ("variation", "photo.png", {"width": 300}, "width: must be a multiple of 128"),
-    ("variation", "photo.png", {"num_images": 9}, "num_images: must be between 1 and 4"),
-    ("variation", "notes", {}, "Invalid file type"),  # Gradio's own check of the file type
-])
-def test_bad_input_gives_a_clear_error_and_the_app_keeps_serving(
-        client: Client, files: dict[str, str], endpoint: str, name: str | None, overrides: dict,
-        message: str) -> None:
-    image = handle_file(files[name]) if name else None
-    call = variation if endpoint == "variation" else img2img
-    with pytest.raises(Exception, match=message):
-        call(client, image, **overrides)
-    assert client.predict(api_name="/status")["preset"] == "tiny"
 
 
 def test_grayscale_transparent_and_huge_inputs_are_fitted_and_reported(client: Client, files: dict[str, str]) -> None:

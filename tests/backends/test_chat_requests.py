@@ -36,6 +36,10 @@ def build(**overrides: Any) -> ChatRequest:
     ({"history": [{"role": "system", "content": "x"}]}, r"history\[0\]: role 'system' is not allowed"),
     ({"history": [{"role": "bot", "content": "x"}]}, r"history\[0\]: role must be one of user, assistant"),
     ({"history": [42]}, r"history\[0\]: expected a message"),
+    ({"history": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     r"history\[0\]: a text part needs its 'text' as a string, got int"),
+    ({"message": 5}, "message: content must be text or a list of text parts, got int"),
+    ({"system_prompt": 5}, "system_prompt: expected text, got int"),
 ])
 def test_bad_input_names_the_field(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError, match=message):
