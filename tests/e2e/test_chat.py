@@ -1,0 +1,138 @@
+"""Chat tab in a real Chromium (tiny StableLM): a reply that visibly grows while it streams, with
+its figures; Regenerate replaces the reply; Clear empties the chat, also while a reply streams."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from playwright.sync_api import expect
+
+from tests.e2e.helpers import JOB_TIMEOUT_MS, UI_TIMEOUT_MS, BrowserChecks, changes
+
+logger = logging.getLogger(__name__)
+
+APP_ARGV = ["--tabs", "chat"]
+#: Samples the length of the last reply every 5 ms into ``window.__lengths``: a reply streams for
+#: a fraction of a second to a few seconds here, so a poll from Python would see few states.
+SAMPLE_REPLY = """() => {
+  window.__lengths = [];
+  window.__sampler = setInterval(() => {
+    const replies = document.querySelectorAll('#chat-bot [data-testid="bot"]');
+    if (replies.length) window.__lengths.push(replies[replies.length - 1].innerText.length);
+  }, 5);
+}"""
+#: Long enough to stream over several updates: greedy, the tiny model does from 200 tokens a
+#: second (this machine, busy) to 5,000 (idle), and the tab sends at most 30 updates a second.
+REPLY_TOKENS = 600
+#: All the context leaves after a short prompt (the tiny model's window is 1,024 tokens).
+LONGEST_REPLY = 960
+#: Clicks Clear from inside the page as soon as the reply has some text (a round trip through
+#: Python could come after a fast reply has ended), noting the figures line at that moment and
+#: then every text the chat shows in ``window.__afterClear``.
+CLEAR_MID_STREAM = """() => {
+  window.__afterClear = null;
+  window.__statsAtClear = null;
+  const chat = document.querySelector('#chat-bot');
+  new MutationObserver(() => {
+    if (window.__afterClear !== null) {
+      window.__afterClear.push(chat.innerText);
+      return;
+    }
+    const replies = chat.querySelectorAll('[data-testid="bot"]');
+    if (replies.length && replies[replies.length - 1].innerText.trim().length > 10) {
+      window.__statsAtClear = document.querySelector('#chat-stats').innerText;
+      window.__afterClear = [];
+      document.querySelector('#chat-clear').click();
+    }
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def set_reply(checks: BrowserChecks, max_new_tokens: int) -> None:
+    """Greedy replies of ``max_new_tokens``: with sampling, the tiny random model often ends its
+    turn after a dozen tokens; greedy, it never does within its context."""
+    panel = checks.panel()
+    if not panel.get_by_label("number input for Temperature").is_visible():
+        checks.expand(panel, "Settings")
+    for label, value in (("Temperature", 0), ("Max new tokens", max_new_tokens)):
+        field = panel.get_by_label(f"number input for {label}")
+        field.fill(str(value))
+        field.press("Enter")
+
+
+def send(checks: BrowserChecks, text: str) -> None:
+    checks.page.locator("#chat-message textarea").fill(text)
+    checks.page.locator("#chat-send").click()
+
+
+def wait_until_done(checks: BrowserChecks) -> None:
+    """Wait for the reply event to close (the Chatbot's status tracker hides).
+
+    The figures show with the last update; the event closes just after, with a message that
+    repeats its last output. Waiting for it makes the next click act on the finished exchange.
+    """
+    tracker = checks.page.locator('#chat-bot [data-testid="status-tracker"]').first
+    checks.check(lambda: expect(tracker).to_have_class(re.compile(r"\bhide\b"), timeout=UI_TIMEOUT_MS))
+
+
+def test_the_reply_grows_while_it_streams(checks: BrowserChecks) -> None:
+    page = checks.on("chat").page
+    checks.shows(page.locator("#chat-model"), "Tiny StableLM")
+    set_reply(checks, REPLY_TOKENS)
+    page.evaluate(SAMPLE_REPLY)
+    send(checks, "Tell me a story about the sea")
+    stats = page.locator("#chat-stats")
+    checks.shows(stats, "tokens/s", timeout=JOB_TIMEOUT_MS)
+    lengths = changes(page.evaluate("() => { clearInterval(window.__sampler); return window.__lengths; }"))
+
+    final = len(page.locator('#chat-bot [data-testid="bot"]').last.inner_text())
+    logger.info("reply lengths seen while streaming: %s (final %d)", lengths, final)
+    partial = [n for n in lengths if 0 < n < final]
+    checks.that(len(set(partial)) >= 2, f"saw too few partial replies: lengths {lengths}, final {final}")
+    checks.that(partial == sorted(partial), f"the reply shrank while streaming: {lengths}")
+    checks.that(lengths[-1] == final, f"last sample {lengths[-1]} is not the final reply ({final})")
+    checks.shows(page.locator("#chat-bot"), "Tell me a story about the sea")
+    checks.check(lambda: expect(page.locator("#chat-message textarea")).to_have_value("", timeout=UI_TIMEOUT_MS))
+    checks.screenshot("chat")
+
+
+def test_regenerate_replaces_the_reply_and_clear_empties_the_chat(checks: BrowserChecks) -> None:
+    page = checks.on("chat").page
+    send(checks, "Hello there")
+    stats = page.locator("#chat-stats")
+    checks.shows(stats, "tokens/s", timeout=JOB_TIMEOUT_MS)
+    wait_until_done(checks)
+    first = stats.inner_text()
+    page.locator("#chat-regenerate").click()
+    checks.check(lambda: expect(stats).not_to_have_text(first, timeout=UI_TIMEOUT_MS))  # new figures
+    checks.shows(stats, "tokens/s")
+    checks.that(page.locator("#chat-bot").inner_text().count("Hello there") == 1,
+                "Regenerate appended a second exchange instead of replacing the reply")
+    wait_until_done(checks)
+    page.locator("#chat-clear").click()
+    checks.check(lambda: expect(page.locator("#chat-bot")).not_to_contain_text("Hello there", timeout=UI_TIMEOUT_MS))
+    checks.check(lambda: expect(stats).to_have_text("", timeout=UI_TIMEOUT_MS))
+
+
+def test_clear_while_a_reply_streams_stops_it_and_empties_the_chat(checks: BrowserChecks) -> None:
+    page = checks.on("chat").page
+    set_reply(checks, LONGEST_REPLY)
+    page.evaluate(CLEAR_MID_STREAM)
+    send(checks, "Tell me a long story")
+    checks.check(page.wait_for_function, "() => window.__afterClear !== null", timeout=JOB_TIMEOUT_MS)
+    at_click = page.evaluate("() => window.__statsAtClear")
+    checks.that("Generating" in at_click, f"Clear was clicked after the reply ended ({at_click!r})")
+    chat = page.locator("#chat-bot")
+    checks.check(lambda: expect(chat).not_to_contain_text("Tell me a long story", timeout=UI_TIMEOUT_MS))
+
+    set_reply(checks, 16)
+    send(checks, "Hello there")  # queued behind the long reply unless Clear stopped it
+    checks.shows(page.locator("#chat-stats"), "tokens/s", timeout=JOB_TIMEOUT_MS)
+    wait_until_done(checks)
+    checks.shows(chat, "Hello there")
+    checks.check(lambda: expect(chat).not_to_contain_text("Tell me a long story"))
+    seen = page.evaluate("() => window.__afterClear")
+    cleared = next(i for i, text in enumerate(seen) if "Tell me a long story" not in text)
+    came_back = [text for text in seen[cleared:] if "Tell me a long story" in text]
+    checks.that(not came_back, f"the cleared reply came back {len(came_back)} times while it streamed on")
