@@ -196,9 +196,24 @@ class BrowserChecks:
 
         Gradio 6.31 builds a tab's components when it is first shown, and a value typed in at
         that same moment is put back to the default (seen with img2img's Strength: filled with
-        0.6 straight after its tab opened, sent as 0.8). Two frames later it sticks, every try.
+        0.6 straight after its tab opened, sent as 0.8). Two frames later it usually sticks;
+        ``fill`` makes sure.
         """
         self.page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+    def fill(self, field: Locator, text: str) -> None:
+        """Type ``text`` into ``field`` and make sure it stays (a checked step).
+
+        On a busy machine a field can still be reset to its default after ``settle`` (a chat
+        temperature typed as 0 came back as the default and the reply ended early), so the text
+        is typed again until it has stayed for a moment.
+        """
+        for _ in range(5):
+            field.fill(text)
+            self.page.wait_for_timeout(150)
+            if field.input_value() == text:
+                break
+        self.that(field.input_value() == text, f"the field kept {field.input_value()!r}, not {text!r}")
 
 
 def generate_image(checks: BrowserChecks, prompt: str = "a red lighthouse on a cliff",
@@ -209,11 +224,11 @@ def generate_image(checks: BrowserChecks, prompt: str = "a red lighthouse on a c
     """
     page = checks.on("image").page
     panel = checks.open_tab("Image")
-    panel.get_by_label("Prompt", exact=True).fill(prompt)
+    checks.fill(panel.get_by_label("Prompt", exact=True), prompt)
     if size is not None:
         checks.expand(panel, "Advanced")
-        panel.get_by_label("Width", exact=True).fill(str(size[0]))
-        panel.get_by_label("Height", exact=True).fill(str(size[1]))
+        checks.fill(panel.get_by_label("Width", exact=True), str(size[0]))
+        checks.fill(panel.get_by_label("Height", exact=True), str(size[1]))
     page.locator("#image-generate").click()
     result = page.locator("#image-gallery img").first
     checks.image(result, size or (256, 256), timeout=JOB_TIMEOUT_MS)

@@ -57,8 +57,9 @@ def set_reply(checks: BrowserChecks, max_new_tokens: int) -> None:
         checks.expand(panel, "Settings")
     for label, value in (("Temperature", 0), ("Max new tokens", max_new_tokens)):
         field = panel.get_by_label(f"number input for {label}")
-        field.fill(str(value))
-        field.press("Enter")
+        checks.fill(field, str(value))
+        field.press("Enter")  # a slider's number box commits on Enter
+        checks.check(lambda: expect(field).to_have_value(str(value), timeout=UI_TIMEOUT_MS))
 
 
 def send(checks: BrowserChecks, text: str) -> None:
@@ -89,7 +90,8 @@ def test_the_reply_grows_while_it_streams(checks: BrowserChecks) -> None:
     final = len(page.locator('#chat-bot [data-testid="bot"]').last.inner_text())
     logger.info("reply lengths seen while streaming: %s (final %d)", lengths, final)
     partial = [n for n in lengths if 0 < n < final]
-    checks.that(len(set(partial)) >= 2, f"saw too few partial replies: lengths {lengths}, final {final}")
+    checks.that(len(set(partial)) >= 2,
+                f"saw too few partial replies: lengths {lengths}, final {final}; figures: {stats.inner_text()}")
     checks.that(partial == sorted(partial), f"the reply shrank while streaming: {lengths}")
     checks.that(lengths[-1] == final, f"last sample {lengths[-1]} is not the final reply ({final})")
     checks.shows(page.locator("#chat-bot"), "Tell me a story about the sea")

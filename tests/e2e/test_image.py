@@ -22,7 +22,7 @@ def test_generate_shows_a_real_image_of_the_asked_size(checks: BrowserChecks) ->
 def test_live_previews_appear_before_the_result(checks: BrowserChecks) -> None:
     page = checks.on("image").page
     panel = checks.open_tab("Image")
-    panel.get_by_label("Prompt", exact=True).fill("a blue boat at dusk")
+    checks.fill(panel.get_by_label("Prompt", exact=True), "a blue boat at dusk")
     panel.get_by_label("Live previews").check()
     checks.record("gallery", "#image-gallery")
     page.locator("#image-generate").click()
@@ -40,9 +40,9 @@ def test_live_previews_appear_before_the_result(checks: BrowserChecks) -> None:
 def test_bad_width_shows_an_error_naming_the_field_and_the_app_keeps_working(checks: BrowserChecks) -> None:
     page = checks.on("image").page
     panel = checks.open_tab("Image")
-    panel.get_by_label("Prompt", exact=True).fill("a cat")
+    checks.fill(panel.get_by_label("Prompt", exact=True), "a cat")
     checks.expand(panel, "Advanced")
-    panel.get_by_label("Width", exact=True).fill("100")
+    checks.fill(panel.get_by_label("Width", exact=True), "100")
     page.locator("#image-generate").click()
     toast = page.locator(".toast-body.error")
     # Names the field and the value (today: "width: must be between 256 and 2048, got 100").
@@ -52,7 +52,7 @@ def test_bad_width_shows_an_error_naming_the_field_and_the_app_keeps_working(che
     toast.locator(".toast-close").first.click()
     checks.check(lambda: expect(toast).to_have_count(0, timeout=UI_TIMEOUT_MS))
 
-    panel.get_by_label("Width", exact=True).fill("256")
+    checks.fill(panel.get_by_label("Width", exact=True), "256")
     page.locator("#image-generate").click()
     checks.image(page.locator("#image-gallery img").first, (256, 256), timeout=JOB_TIMEOUT_MS)
     checks.that(page.locator(".toast-body.error").count() == 0, "the retry showed an error too")

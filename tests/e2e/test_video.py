@@ -42,9 +42,9 @@ def test_upload_a_portrait_picture_and_get_a_gif_too(checks: BrowserChecks, serv
     panel = checks.open_tab("Video")
     page.locator("#video-image input[type=file]").set_input_files(str(picture))
     checks.image(page.locator("#video-preview img"), (64, 128))  # portrait fit of the 128 × 64 preset
-    panel.get_by_label("Frames", exact=True).fill("4")
+    checks.fill(panel.get_by_label("Frames", exact=True), "4")
     checks.expand(panel, "Advanced")
-    panel.get_by_label("Steps", exact=True).fill("2")
+    checks.fill(panel.get_by_label("Steps", exact=True), "2")
     panel.get_by_label("Also save a GIF").check()
     page.locator("#video-generate").click()
     checks.video_plays(page.locator("#video-result video"), (64, 128), timeout=JOB_TIMEOUT_MS)
