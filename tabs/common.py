@@ -107,7 +107,9 @@ def wire_stop(studio: Any, stop: gr.Button, events: list[Any]) -> None:
         if studio.stop_job(session_of(request)):
             gr.Info("Stopping after the current step…")
 
-    stop.click(on_stop, None, None, cancels=events, api_visibility="private", queue=False)
+    # Queued, but in its own unlimited group: gradio drops gr.Info from events outside the queue,
+    # and Stop must never wait behind the GPU job it stops.
+    stop.click(on_stop, None, None, cancels=events, api_visibility="private", concurrency_limit=None)
 
 
 # ----- API endpoints that take a picture ----------------------------------------------------------

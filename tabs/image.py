@@ -109,7 +109,7 @@ def build(studio: Studio) -> dict[str, Any]:
             send_row = gr.Row(elem_id="image-send")
             info = gr.JSON(label="Info (seed used, timings, preset, model)")
     with gr.Accordion("Recent outputs", open=False):
-        history = gr.Gallery(label="Recent", columns=6, height=240, show_label=False)
+        history = gr.Gallery(label="Recent", columns=6, height=240, show_label=False, elem_id="image-history")
     # Filled at every page load, so the history is fresh after a restart.
     on_page_load(lambda: recent_images(studio), history)
     last_seed = gr.State(value=None)

@@ -56,3 +56,15 @@ def test_bad_width_shows_an_error_naming_the_field_and_the_app_keeps_working(che
     page.locator("#image-generate").click()
     checks.image(page.locator("#image-gallery img").first, (256, 256), timeout=JOB_TIMEOUT_MS)
     checks.that(page.locator(".toast-body.error").count() == 0, "the retry showed an error too")
+
+
+def test_recent_outputs_are_listed_again_after_a_reload(checks: BrowserChecks) -> None:
+    """The history is filled at each page load (a private load event), so a reload still shows it."""
+    page = checks.on("image").page
+    name = generate_image(checks, "a green field")
+    page.reload()
+    panel = checks.open_tab("Image")
+    checks.expand(panel, "Recent outputs")
+    history = page.locator("#image-history")
+    checks.visible(history.locator(f'img[src$="/{name}"]').first)
+    checks.image(history.locator(f'img[src$="/{name}"]').first)
