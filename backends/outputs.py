@@ -205,13 +205,27 @@ class OutputWriter:
     def _today(self) -> Path:
         return self.root / dt.date.today().isoformat()
 
-    def _undo(self, saved: list[Path], created: Path | None) -> None:
-        """Remove what a failed result already wrote, and the day folder if this result made it."""
-        for path in saved:
-            path.unlink(missing_ok=True)
-        if created is not None:
-            with contextlib.suppress(OSError):  # not empty (another result landed) or already gone
-                created.rmdir()
+    @contextlib.contextmanager
+    def _one_result(self) -> Iterator[list[Path]]:
+        """Save one result whole or not at all: yields the list its files are added to.
+
+        Holds the writer's lock (numbering stays unique), and if the block fails removes the
+        files already written and the day folder when this result created it.
+        """
+        saved: list[Path] = []
+        with self._lock:
+            self._make_root()
+            day = self._today()
+            fresh = not day.exists()
+            try:
+                yield saved
+            except BaseException:
+                for path in saved:
+                    path.unlink(missing_ok=True)
+                if fresh:
+                    with contextlib.suppress(OSError):  # not empty (another result landed) or already gone
+                        day.rmdir()
+                raise
 
     def _next_path(self, seed: int, suffix: str) -> Path:
         folder = self._today()
@@ -228,23 +242,14 @@ class OutputWriter:
         Raises:
             OutputError: an image could not be written; none of this batch is left behind.
         """
-        saved: list[Path] = []
-        with self._lock:
-            self._make_root()
-            day = self._today()
-            fresh = not day.exists()
-            try:
-                for index, image in enumerate(images):
-                    meta = dict(params, image_index=index)
-                    info = PngImagePlugin.PngInfo()
-                    info.add_text("parameters", a1111_parameters(meta))
-                    info.add_text("studio", json.dumps(meta, default=str))
-                    path = self._next_path(int(params.get("seed", 0)), ".png")
-                    saved.append(atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info),
-                                              self.root))
-            except BaseException:
-                self._undo(saved, day if fresh else None)  # a batch is saved whole or not at all
-                raise
+        with self._one_result() as saved:  # a batch is saved whole or not at all
+            for index, image in enumerate(images):
+                meta = dict(params, image_index=index)
+                info = PngImagePlugin.PngInfo()
+                info.add_text("parameters", a1111_parameters(meta))
+                info.add_text("studio", json.dumps(meta, default=str))
+                path = self._next_path(int(params.get("seed", 0)), ".png")
+                saved.append(atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), self.root))
         logger.info("saved %d image(s) to %s", len(saved), saved[0].parent if saved else self.root)
         return saved
 
@@ -266,25 +271,17 @@ class OutputWriter:
         """
         if not frames:
             raise ValueError("save_video needs at least one frame")
-        saved: dict[str, Path] = {}
-        with self._lock:
-            self._make_root()
-            day = self._today()
-            fresh = not day.exists()
-            try:
-                video = self._next_path(int(params.get("seed", 0)), ".mp4")
-                saved["video"] = atomic_write(video, lambda tmp: _write_mp4(tmp, frames, fps), self.root)
-                text = json.dumps(dict(params, fps=fps, frames=len(frames)), indent=2, default=str)
-                saved["params"] = atomic_write(video.with_suffix(".json"),
-                                               lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), self.root)
-                if gif:
-                    saved["gif"] = atomic_write(video.with_suffix(".gif"), lambda tmp: _write_gif(tmp, frames, fps),
-                                                self.root)
-            except BaseException:
-                self._undo(list(saved.values()), day if fresh else None)
-                raise
+        text = json.dumps(dict(params, fps=fps, frames=len(frames)), indent=2, default=str)
+        with self._one_result() as saved:
+            video = self._next_path(int(params.get("seed", 0)), ".mp4")
+            saved.append(atomic_write(video, lambda tmp: _write_mp4(tmp, frames, fps), self.root))
+            saved.append(atomic_write(video.with_suffix(".json"),
+                                      lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), self.root))
+            if gif:
+                saved.append(atomic_write(video.with_suffix(".gif"), lambda tmp: _write_gif(tmp, frames, fps),
+                                          self.root))
         logger.info("saved a %d-frame video to %s", len(frames), video)
-        return saved
+        return dict(zip(("video", "params", "gif"), saved))
 
     def recent(self, limit: int = 12, suffixes: tuple[str, ...] = (".png",)) -> list[Path]:
         """Newest result files first (hidden temporaries excluded)."""
