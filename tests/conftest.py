@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -60,21 +61,10 @@ def launch_studio(models_dir: Path, tmp_path: Path) -> Iterator[Callable[..., tu
 
     Extra argv goes after the test defaults, so a test's own ``--outputs`` wins. Closed after the test.
     """
-    import app
+    from tests.serving import serve_tiny
 
-    started = []
-
-    def start(*argv: str) -> tuple["Studio", str]:
-        args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir),
-                               "--outputs", str(tmp_path / "outputs"), *argv], environ={})
-        studio = app.build_studio(args)
-        demo, url = app.launch(args, prevent_thread_lock=True, studio=studio)
-        started.append(demo)
-        return studio, url
-
-    yield start
-    for demo in started:
-        demo.close()
+    with contextlib.ExitStack() as started:
+        yield lambda *argv: started.enter_context(serve_tiny(models_dir, tmp_path / "outputs", *argv))
 
 
 @pytest.fixture()

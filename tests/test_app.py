@@ -14,6 +14,7 @@ from gradio_client import Client
 from PIL import Image
 
 import app
+from tests.serving import serve_tiny
 
 PROMPT = "a red lighthouse on a cliff"
 
@@ -21,11 +22,8 @@ PROMPT = "a red lighthouse on a cliff"
 @pytest.fixture(scope="module")
 def launch_app_once(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """One app shared by the tests that only need it to answer (bad inputs, long prompt)."""
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
-                           str(tmp_path_factory.mktemp("outputs"))], environ={})
-    demo, url = app.launch(args, prevent_thread_lock=True)
-    yield Client(url, verbose=False)
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("outputs")) as (_, url):
+        yield Client(url, verbose=False)
 
 
 def generate(client: Client, **overrides: Any) -> tuple[list[dict], dict]:

@@ -37,7 +37,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import app
+from tests.serving import serve_tiny
 from backends.studio import Studio
 
 #: What API clients see when a handler fails with anything but ``gr.Error`` (gradio 6.31).
@@ -281,12 +281,8 @@ def png_header_only(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Studio, Client, str]]:
     """One app for the whole matrix, with its Studio (to see that no model is left in use)."""
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
-                           str(tmp_path_factory.mktemp("bad-outputs"))], environ={})
-    studio = app.build_studio(args)
-    demo, url = app.launch(args, prevent_thread_lock=True, studio=studio)
-    yield studio, Client(url, verbose=False), url
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("bad-outputs")) as (studio, url):
+        yield studio, Client(url, verbose=False), url
 
 
 def inputs(endpoint: str, overrides: dict[str, Any], pictures: Path) -> list[Any]:

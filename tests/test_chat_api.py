@@ -12,7 +12,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.utils import Status
 
-import app
+from tests.serving import serve_tiny
 
 SYSTEM = "You are a helpful assistant."
 
@@ -20,14 +20,8 @@ SYSTEM = "You are a helpful assistant."
 @pytest.fixture(scope="module")
 def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Any]]:
     """The app as ``app.launch`` builds it, plus its Studio, so tests can look at the manager."""
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
-                           str(tmp_path_factory.mktemp("outputs")), "--tabs", "chat,system"], environ={})
-    studio = app.build_studio(args)
-    demo = app.build_ui(studio, args.tabs)
-    demo.queue(default_concurrency_limit=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
-    yield Client(url, verbose=False), studio
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("outputs"), "--tabs", "chat,system") as (studio, url):
+        yield Client(url, verbose=False), studio
 
 
 def model_in_use(studio: Any) -> int:

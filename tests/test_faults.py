@@ -36,6 +36,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+from tests.bait import Plant
+from tests.serving import serve_tiny
 from backends.outputs import OutputWriter
 from backends.studio import Studio
 from tests.test_video_api import read_video
@@ -60,12 +62,8 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def served(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Studio, Client]]:
     """One app for the OOM tests, with its Studio at hand (fault hook, OOM counters)."""
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
-                           str(tmp_path_factory.mktemp("fault-outputs"))], environ={})
-    studio = app.build_studio(args)
-    demo, url = app.launch(args, prevent_thread_lock=True, studio=studio)
-    yield studio, Client(url, verbose=False)
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("fault-outputs")) as (studio, url):
+        yield studio, Client(url, verbose=False)
 
 
 # ----- the six GPU endpoints ----------------------------------------------------------------
@@ -378,15 +376,6 @@ def test_a_full_disk_gives_a_clear_error_leaves_nothing_and_recovers(
 
 # ----- a model folder holding only pickle weights --------------------------------------------
 
-class Plant:
-    """Unpickling this creates ``marker`` (``open(marker, "w")``): proof that a pickle ran code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.marker), "w"))
-
 
 def test_a_model_folder_with_only_pickle_weights_is_refused(
         launch_studio: Callable[..., tuple[Studio, str]], pictures: dict[str, Path], tmp_path: Path,
@@ -394,6 +383,7 @@ def test_a_model_folder_with_only_pickle_weights_is_refused(
     marker = tmp_path / "pickle-ran"
     twin = tmp_path / "twin-ran"
     torch.save(Plant(twin), tmp_path / "twin.bin")
+    # Deliberately unsafe, on the test's own twin file only: proves the bait really runs code.
     torch.load(tmp_path / "twin.bin", weights_only=False)
     assert twin.exists(), "the planted pickle does not run code; the test would prove nothing"
 

@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-import app
+from tests.serving import serve_tiny
 from tests.test_video_api import read_video
 
 CONTRACT = ["image", "variant", "elevation_deg", "steps", "seed", "path", "elevation_end_deg"]
@@ -29,11 +29,8 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
-                           str(tmp_path_factory.mktemp("orbit-outputs")), "--tabs", "image,orbit,system"], environ={})
-    demo, url = app.launch(args, prevent_thread_lock=True)
-    yield Client(url, verbose=False)
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("orbit-outputs"), "--tabs", "image,orbit,system") as (_, url):
+        yield Client(url, verbose=False)
 
 
 def orbit(client: Client, image: Path | None, **overrides: Any) -> tuple[str, str, dict]:

@@ -26,6 +26,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
+from tests.serving import serve_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The packages the app runs; none may ask transformers or diffusers to run a repository's own code.
@@ -76,17 +77,14 @@ def site(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GRADIO_TEMP_DIR", str(uploads))  # this app's upload cache, not /tmp/gradio
-        args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs", str(outputs)],
-                              environ={})
-        demo, url = app.launch(args, prevent_thread_lock=True)
         try:
-            client = Client(url, verbose=False)
-            _, info = client.predict("a cat", "", 256, 256, 2, 2, 4.0, 0.0, 1, 3, api_name="/generate_image")
-            model_file = next(p for p in app.cache_dir(models_dir).rglob("config.json"))
-            yield Site(url, demo.server_port, root, outputs, uploads, marker, secret, secret_png, models_secret,
-                       model_file, Path(info["files"][0]))
+            with serve_tiny(models_dir, outputs) as (_, url):
+                client = Client(url, verbose=False)
+                _, info = client.predict("a cat", "", 256, 256, 2, 2, 4.0, 0.0, 1, 3, api_name="/generate_image")
+                model_file = next(p for p in app.cache_dir(models_dir).rglob("config.json"))
+                yield Site(url, urlsplit(url).port, root, outputs, uploads, marker, secret, secret_png,
+                           models_secret, model_file, Path(info["files"][0]))
         finally:
-            demo.close()
             models_secret.unlink()
 
 

@@ -11,16 +11,13 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-import app
+from tests.serving import serve_tiny
 
 
 @pytest.fixture(scope="module")
 def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
-                           str(tmp_path_factory.mktemp("outputs"))], environ={})
-    demo, url = app.launch(args, prevent_thread_lock=True)
-    yield Client(url, verbose=False)
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("outputs")) as (_, url):
+        yield Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-import app
+from tests.serving import serve_tiny
 from backends.studio import Studio
 from backends.svd import DECODE_SITE
 
@@ -33,11 +33,8 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def client(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs",
-                           str(tmp_path_factory.mktemp("outputs"))], environ={})
-    demo, url = app.launch(args, prevent_thread_lock=True)
-    yield Client(url, verbose=False)
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("outputs")) as (_, url):
+        yield Client(url, verbose=False)
 
 
 def video(client: Client, image: Path | None, **overrides: Any) -> tuple[str, dict]:
@@ -82,15 +79,9 @@ def test_generate_video_returns_a_playable_h264_mp4(client: Client, pictures: di
 @pytest.fixture(scope="module")
 def budget_app(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Studio, Client]]:
     """The app on a budget that holds one family at a time, with its Studio at hand (load counts, faults)."""
-    outputs = tmp_path_factory.mktemp("budget-outputs")
-    args = app.parse_args(["--preset", "tiny", "--models-dir", str(models_dir), "--outputs", str(outputs),
-                           "--vram-budget", f"{BUDGET_BYTES / 2**30:.9f}"], environ={})
-    studio = app.build_studio(args)
-    demo = app.build_ui(studio, args.tabs)
-    demo.queue(default_concurrency_limit=4)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, allowed_paths=[str(outputs.resolve())])
-    yield studio, Client(url, verbose=False)
-    demo.close()
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("budget-outputs"),
+                    "--vram-budget", f"{BUDGET_BYTES / 2**30:.9f}") as (studio, url):
+        yield studio, Client(url, verbose=False)
 
 
 def placements(client: Client) -> dict[str, str]:

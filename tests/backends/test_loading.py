@@ -11,16 +11,7 @@ from diffusers.models import StableCascadeUNet
 
 from backends.errors import ModelUnavailable
 from backends.loading import LoadContext, Source, load_pretrained, refuse_pickle_only, resolve_file
-
-
-class Plant:
-    """Unpickling this creates ``marker``: the proof that a pickle ran code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.marker), "w"))
+from tests.bait import Plant
 
 
 def test_the_bait_is_live(tmp_path: Path) -> None:

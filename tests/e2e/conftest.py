@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 
 from tests.e2e.helpers import BrowserChecks, Served
+from tests.serving import serve_tiny
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -24,18 +25,9 @@ if TYPE_CHECKING:
 def served(request: pytest.FixtureRequest, models_dir: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The real app (``--preset tiny``) in-process on a free port, for the whole module."""
-    import app
-
     outputs = tmp_path_factory.mktemp("e2e-outputs")
-    argv = ["--preset", "tiny", "--models-dir", str(models_dir), "--outputs", str(outputs),
-            *getattr(request.module, "APP_ARGV", ())]
-    args = app.parse_args(argv, environ={})
-    studio = app.build_studio(args)
-    demo, url = app.launch(args, prevent_thread_lock=True, studio=studio)
-    try:
+    with serve_tiny(models_dir, outputs, *getattr(request.module, "APP_ARGV", ())) as (studio, url):
         yield Served(studio=studio, url=url, outputs=outputs)
-    finally:
-        demo.close()
 
 
 @pytest.fixture()
