@@ -187,13 +187,14 @@ def cache_dir(models_dir: Path | None) -> Path:
 
 
 def build_studio(args: argparse.Namespace) -> Any:
-    from backends.memory import parse_budget_gb
-    from backends.studio import Studio, StudioConfig
+    from backends.families import FAMILIES
+    from backends.runtime.probe import parse_budget_gb
+    from backends.runtime.studio import Studio, StudioConfig
 
     config = StudioConfig(preset=args.preset, vram_budget_bytes=parse_budget_gb(args.vram_budget),
                           models_dir=args.models_dir, outputs_dir=args.outputs,
                           cache_dir=cache_dir(args.models_dir), offline=args.offline)
-    return Studio(config)
+    return Studio(config, FAMILIES)
 
 
 def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def download_only(args: argparse.Namespace) -> int:
     """``--download-only``: fetch the preset's files with console progress; 0 on success."""
-    from backends.errors import StudioError
+    from backends.runtime.errors import StudioError
 
     try:
         studio = build_studio(args)

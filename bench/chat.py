@@ -19,8 +19,16 @@ from typing import Any
 
 import torch
 
-from bench.common import (BenchOptions, device_name, format_table, median, peak_bytes, process_peak_rss_bytes,
-                          reset_peak, timed)
+from bench.common import (
+    BenchOptions,
+    device_name,
+    format_table,
+    median,
+    peak_bytes,
+    process_peak_rss_bytes,
+    reset_peak,
+    timed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +56,20 @@ def load_tiny_tokenizer(options: BenchOptions) -> Any:
     """The tiny StableLM's tokenizer (built offline on first use)."""
     from transformers import AutoTokenizer
 
-    from backends.loading import LoadContext, Source, load_pretrained
+    from backends.families import load_context
+    from backends.runtime.loading import Source, load_pretrained
 
-    return load_pretrained(AutoTokenizer, Source("tiny:stablelm"), LoadContext(options.cache_dir, offline=True))
+    return load_pretrained(AutoTokenizer, Source("tiny:stablelm"), load_context(options.cache_dir, offline=True))
 
 
 def load_tiny(options: BenchOptions) -> tuple[Any, Any]:
     """The tiny StableLM and its tokenizer, through the app's own loading path."""
     from transformers import AutoModelForCausalLM
 
-    from backends.loading import LoadContext, Source, load_pretrained
+    from backends.families import load_context
+    from backends.runtime.loading import Source, load_pretrained
 
-    ctx = LoadContext(cache_dir=options.cache_dir, offline=True)
+    ctx = load_context(cache_dir=options.cache_dir, offline=True)
     tokenizer = load_tiny_tokenizer(options)
     model = load_pretrained(AutoModelForCausalLM, Source("tiny:stablelm"), ctx, dtype=torch.float32,
                             use_safetensors=True)
@@ -69,7 +79,7 @@ def load_tiny(options: BenchOptions) -> tuple[Any, Any]:
 def ours(model: Any, tokenizer: Any, ids: list[int], tokens: int, fused: bool,
          device: torch.device) -> tuple[list[int], float]:
     """One streamed reply through our loop; returns the tokens and the seconds to the first one."""
-    from backends.stablelm_decode import SamplingParams, TextStream, TokenStream, make_stepper
+    from backends.stablelm.decode import SamplingParams, TextStream, TokenStream, make_stepper
 
     started = time.perf_counter()
     with torch.inference_mode():

@@ -15,8 +15,15 @@ from typing import Any
 
 import torch
 
-from bench.common import (CPU_MEMORY_NOTE, BenchOptions, device_name, format_table, measure, megabytes,
-                          process_peak_rss_bytes)
+from bench.common import (
+    CPU_MEMORY_NOTE,
+    BenchOptions,
+    device_name,
+    format_table,
+    measure,
+    megabytes,
+    process_peak_rss_bytes,
+)
 from bench.models import cascade_modules, image_request, make_studio, no_progress
 from bench.stock_cascade import StockCascade
 
@@ -33,8 +40,8 @@ def forcing_budget(studio: Any, request: Any) -> int:
     The same window as the tests' ``tight_budget_bytes``: the manager's need for the decoder is
     its size plus its working memory plus a reserve that is a fraction of the budget.
     """
-    from backends.cascade import working_bytes
-    from backends.memory import RESERVE_FRACTION
+    from backends.cascade.stages import working_bytes
+    from backends.runtime.memory import RESERVE_FRACTION
 
     manager = studio.manager
     modules = cascade_modules(manager)

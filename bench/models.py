@@ -109,13 +109,15 @@ def stablelm_builders(device: torch.device, dtype: torch.dtype) -> dict[str, Cal
 def make_studio(options: BenchOptions, budget_bytes: int | None = None, variant: str = "lite",
                 dtype: torch.dtype = torch.bfloat16, outputs: Path | None = None) -> Any:
     """A Studio on the tiny preset; for ``--size real`` with real-size modules of ``variant``."""
-    from backends.loading import LoadContext, Source, load_pretrained
-    from backends.studio import Studio, StudioConfig
     from transformers import CLIPTokenizer
+
+    from backends.families import FAMILIES, load_context
+    from backends.runtime.loading import load_pretrained
+    from backends.runtime.studio import Studio, StudioConfig
 
     config = StudioConfig(preset="tiny", vram_budget_bytes=budget_bytes, cache_dir=options.cache_dir,
                           outputs_dir=outputs or options.cache_dir / "bench-outputs", offline=True)
-    studio = Studio(config)
+    studio = Studio(config, FAMILIES)
     if studio.device.type != options.device.type:
         # The tiny preset runs on CUDA when there is one; the manager's probe follows that choice.
         raise SystemExit(f"--device {options.device.type}: the Studio picked {studio.device.type} on this machine")
@@ -126,7 +128,7 @@ def make_studio(options: BenchOptions, budget_bytes: int | None = None, variant:
     # The backends cast inputs to the preset dtype; it must be the built modules' dtype.
     for key in ("cascade", "svd", "stablelm"):
         setattr(settings, key, dataclasses.replace(getattr(settings, key), dtype=name))
-    tokenizer = load_pretrained(CLIPTokenizer, settings.cascade.tokenizer, LoadContext(options.cache_dir, offline=True))
+    tokenizer = load_pretrained(CLIPTokenizer, settings.cascade.tokenizer, load_context(options.cache_dir, offline=True))
     builders = {**cascade_builders(variant, options.device, dtype, tokenizer.eos_token_id),
                 **svd_builders(options.device, dtype), **stablelm_builders(options.device, dtype)}
     for component, build in builders.items():
@@ -136,7 +138,7 @@ def make_studio(options: BenchOptions, budget_bytes: int | None = None, variant:
 
 def image_request(options: BenchOptions, **overrides: Any) -> Any:
     """The Image tab's request: tiny preset defaults (256², 4 + 3 steps), or 1024², 20 + 10 for real."""
-    from backends.requests import TextToImageRequest
+    from backends.cascade.requests import TextToImageRequest
 
     size, prior_steps, decoder_steps = (1024, 20, 10) if options.size == "real" else (256, 4, 3)
     values: dict[str, Any] = dict(prompt="a red lighthouse on a cliff at dusk", negative_prompt="", width=size,
@@ -149,7 +151,7 @@ def image_request(options: BenchOptions, **overrides: Any) -> Any:
 def video_request(options: BenchOptions) -> Any:
     """A short video request: enough to move the SVD family in, not a video benchmark. Real
     size uses 4 frames at 512x320 (the 576x1024 harness ran out of memory, anchor JSON)."""
-    from backends.video_requests import VideoRequest
+    from backends.svd.requests import VideoRequest
 
     frames, steps, width, height = (4, 2, 512, 320) if options.size == "real" else (6, 3, 128, 64)
     picture = Image.new("RGB", (width, height), (200, 80, 40))

@@ -31,9 +31,9 @@ NEEDS_CUDA = "needs CUDA: torch.cuda.set_per_process_memory_fraction caps a GPU;
 
 def default_requests(preset: Any) -> dict[str, tuple[str, Any, bool]]:
     """Tab -> (task, its default request, streamed?) at the preset's defaults."""
-    from backends.chat_requests import ChatRequest
-    from backends.requests import TextToImageRequest
-    from backends.video_requests import VideoRequest
+    from backends.cascade.requests import TextToImageRequest
+    from backends.stablelm.requests import ChatRequest
+    from backends.svd.requests import VideoRequest
 
     c, v, s = preset.cascade.defaults, preset.svd.defaults, preset.stablelm.defaults
     image = TextToImageRequest.build("a red lighthouse on a cliff at dusk", "", c.width, c.height, c.prior_steps,
@@ -48,14 +48,15 @@ def default_requests(preset: Any) -> dict[str, tuple[str, Any, bool]]:
 
 def run_cap(options: BenchOptions, cap_gb: int) -> dict[str, Any]:
     """Every tab's default request under one cap; an OOM is counted, never raised."""
-    from backends import presets
-    from backends.errors import OutOfMemory
+    from backends.families import PresetSettings, load_preset
+    from backends.runtime import presets
+    from backends.runtime.errors import OutOfMemory
 
     cap = cap_gb * GB
     total = torch.cuda.get_device_properties(options.device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), options.device)
-    name = presets.pick_auto(cap)
-    preset = presets.load(name).settings
+    name = presets.pick_auto(cap, PresetSettings)
+    preset = load_preset(name).settings
     variant = "lite" if preset.cascade.prior.subfolder == "prior_lite" else "full"
     studio = make_studio(options, budget_bytes=cap, variant=variant)
     outcomes: dict[str, str] = {}

@@ -1,6 +1,6 @@
 """Stock diffusers Stable Cascade, assembled from the very modules our backend loaded.
 
-Built as ``tests/backends/test_cascade.py::test_matches_the_stock_diffusers_pipelines`` does:
+Built as ``tests/backends/cascade/test_backend.py::test_matches_the_stock_diffusers_pipelines`` does:
 the prior and decoder pipelines get our tokenizer, schedulers and modules, so both paths run the
 same weights, and the same seeds give the same latents (reported as ``same_latents``).
 """

@@ -28,7 +28,7 @@ GOAL_S = 0.3
 def one_family_budget(sizes: dict[str, int]) -> int:
     """The larger family plus half the smaller one (and the manager's 5 % reserve): either
     family fits, both do not, so every switch must evict."""
-    from backends.memory import RESERVE_FRACTION
+    from backends.runtime.memory import RESERVE_FRACTION
 
     families = [sum(v for k, v in sizes.items() if k.startswith(prefix)) for prefix in ("cascade.", "svd.")]
     return int((max(families) + min(families) / 2) / (1 - RESERVE_FRACTION))
@@ -36,7 +36,7 @@ def one_family_budget(sizes: dict[str, int]) -> int:
 
 def run(options: BenchOptions) -> dict[str, Any]:
     """Warm both families up without a budget, then time ``runs`` Image -> Video -> Image cycles."""
-    from backends.cascade import working_bytes
+    from backends.cascade.stages import working_bytes
 
     studio = make_studio(options, variant="full")
     manager, registry = studio.manager, studio.registry

@@ -26,11 +26,11 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from backends.chat_requests import MAX_NEW_TOKENS, ChatRequest, flatten_content
-from backends.errors import Cancelled
-from backends.progress import JobControl, no_progress
-from backends.stablelm_prompt import default_system_prompt
-from backends.studio import Studio
+from backends.runtime.errors import Cancelled
+from backends.runtime.progress import JobControl, no_progress
+from backends.runtime.studio import Studio
+from backends.stablelm.prompt import default_system_prompt
+from backends.stablelm.requests import MAX_NEW_TOKENS, ChatRequest, flatten_content
 from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone, user_errors, wire_stop
 
 logger = logging.getLogger(__name__)

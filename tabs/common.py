@@ -16,8 +16,8 @@ from typing import Any, Callable, TypeVar
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from backends.errors import Cancelled, InputError, StudioError
-from backends.progress import ProgressFn
+from backends.runtime.errors import Cancelled, InputError, StudioError
+from backends.runtime.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
-from backends.studio import Studio
+from backends.cascade.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
+from backends.runtime.studio import Studio
 from tabs.common import GPU_QUEUE, on_gpu, on_page_load, standalone, wire_stop
 from tabs.streaming import image_job
 

@@ -19,10 +19,21 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from backends.orbit_requests import MAX_STEPS, PATHS, VARIANTS, OrbitRequest, prepare_object
-from backends.studio import Studio
-from tabs.common import (GPU_QUEUE, api_endpoint, api_file_input, gradio_progress, on_gpu, on_page_load, session_of,
-                         standalone, uploaded_path, user_errors, wire_stop)
+from backends.runtime.studio import Studio
+from backends.sv3d.requests import MAX_STEPS, PATHS, VARIANTS, OrbitRequest, prepare_object
+from tabs.common import (
+    GPU_QUEUE,
+    api_endpoint,
+    api_file_input,
+    gradio_progress,
+    on_gpu,
+    on_page_load,
+    session_of,
+    standalone,
+    uploaded_path,
+    user_errors,
+    wire_stop,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +46,7 @@ HELP = ("SV3D turns one picture of an object into 21 views around it. A cut-out 
 def generate(studio: Studio, inputs: list[Any], request: gr.Request | None,
              progress: gr.Progress) -> tuple[str, str, dict[str, Any]]:
     """Validate, run the orbit through the registry, save atomically; return mp4, sheet, info."""
-    from backends.orbit_outputs import save_orbit
+    from backends.sv3d.outputs import save_orbit
 
     session = session_of(request)
     defaults = studio.preset.settings.sv3d.defaults

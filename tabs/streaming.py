@@ -7,7 +7,7 @@ which is not an API input, and defaults to off). With previews on, the job runs 
 thread and its previews reach the gallery as they arrive; the final images replace them.
 
 Previews cross threads through a queue, so the backend never sees Gradio: it calls a plain
-``PreviewFn`` (``backends.previews``). The worker runs in a copy of the handler's context, which
+``PreviewFn`` (``backends.runtime.previews``). The worker runs in a copy of the handler's context, which
 is where Gradio keeps the event that ``gr.Progress`` reports to.
 """
 
@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from PIL import Image
 
-from backends.previews import WithPreviews
-from backends.studio import Studio
+from backends.runtime.previews import WithPreviews
+from backends.runtime.studio import Studio
 from tabs.common import gradio_progress, session_of, user_errors
 
 logger = logging.getLogger(__name__)

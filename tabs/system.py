@@ -11,9 +11,9 @@ from typing import Any
 
 import gradio as gr
 
-from backends.errors import InputError, UnknownNameError
-from backends.memory import format_bytes
-from backends.studio import Studio
+from backends.runtime.errors import InputError, UnknownNameError
+from backends.runtime.probe import format_bytes
+from backends.runtime.studio import Studio
 from tabs.common import GPU_QUEUE, on_page_load, standalone, user_errors
 
 REFRESH_SECONDS = 2.0

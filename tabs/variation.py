@@ -9,7 +9,7 @@ Each mode has its own Generate button, so each API event takes exactly DESIGN.md
 The input is a ``gr.File`` of image type with a preview beside it, not a ``gr.Image``: Gradio 6.31's
 ``gr.Image`` decodes every upload before the handler runs (even with ``type="filepath"``), so an
 unreadable or oversized file would fail inside Gradio with a message that names no field. With a
-file input, ``backends.image_input`` checks it and says what is wrong. The public endpoints go one
+file input, ``backends.runtime.image_input`` checks it and says what is wrong. The public endpoints go one
 step further and read the picture from a hidden JSON input (``tabs.common`` explains why), so even a
 plain path or a number sent for ``image`` gets an answer naming the field. Numeric inputs are plain
 ``gr.Number`` fields, for the same reason as in the Image tab. Width and height 0 mean "from the
@@ -23,10 +23,18 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from backends.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, ImageVariationRequest, Img2ImgRequest
-from backends.studio import Studio
-from tabs.common import (GPU_QUEUE, api_endpoint, api_file_input, on_gpu, standalone, uploaded_path,
-                         user_errors, wire_stop)
+from backends.cascade.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, ImageVariationRequest, Img2ImgRequest
+from backends.runtime.studio import Studio
+from tabs.common import (
+    GPU_QUEUE,
+    api_endpoint,
+    api_file_input,
+    on_gpu,
+    standalone,
+    uploaded_path,
+    user_errors,
+    wire_stop,
+)
 from tabs.streaming import image_job
 
 logger = logging.getLogger(__name__)

@@ -24,10 +24,21 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from backends.studio import Studio
-from backends.video_requests import FITS, MAX_FRAMES, MAX_FPS, MAX_STEPS, MIN_FPS, VideoRequest, prepare_image
-from tabs.common import (GPU_QUEUE, api_endpoint, api_file_input, gradio_progress, on_gpu, on_page_load, session_of,
-                         standalone, uploaded_path, user_errors, wire_stop)
+from backends.runtime.studio import Studio
+from backends.svd.requests import FITS, MAX_FPS, MAX_FRAMES, MAX_STEPS, MIN_FPS, VideoRequest, prepare_image
+from tabs.common import (
+    GPU_QUEUE,
+    api_endpoint,
+    api_file_input,
+    gradio_progress,
+    on_gpu,
+    on_page_load,
+    session_of,
+    standalone,
+    uploaded_path,
+    user_errors,
+    wire_stop,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Callable, Iterator
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-    from backends.studio import Studio
+    from backends.runtime.studio import Studio
 
 import pytest
+
+from backends.families import load_context
 
 # Before huggingface_hub is imported anywhere: it reads the flag once, at import time.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -134,13 +136,13 @@ def tight_budget_bytes(tiny_cache: Path) -> int:
     import torch
     from diffusers.models import StableCascadeUNet
 
-    from backends.cascade import working_bytes
-    from backends.loading import LoadContext, Source, load_pretrained, resolve_repo
-    from backends.memory import RESERVE_FRACTION
-    from backends.offload import module_bytes
-    from backends.requests import TextToImageRequest
+    from backends.cascade.requests import TextToImageRequest
+    from backends.cascade.stages import working_bytes
+    from backends.runtime.loading import Source, load_pretrained, resolve_repo
+    from backends.runtime.memory import RESERVE_FRACTION
+    from backends.runtime.offload import module_bytes
 
-    ctx = LoadContext(cache_dir=tiny_cache, offline=True)
+    ctx = load_context(cache_dir=tiny_cache, offline=True)
     size = {name: module_bytes(load_pretrained(StableCascadeUNet, Source("tiny:cascade", name), ctx,
                                                dtype=torch.float32))
             for name in ("prior", "decoder")}

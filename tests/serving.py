@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
-    from backends.studio import Studio
+    from backends.runtime.studio import Studio
 
 
 @contextlib.contextmanager

@@ -37,8 +37,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from backends.runtime.studio import Studio
 from tests.serving import serve_tiny
-from backends.studio import Studio
 
 #: What API clients see when a handler fails with anything but ``gr.Error`` (gradio 6.31).
 HIDDEN = "has not enabled verbose error reporting"
@@ -431,7 +431,7 @@ def test_uploaded_path_takes_only_files_in_gradios_upload_folder(tmp_path: Path)
     """The API handlers' last check, whatever gradio let through: a file object must be an upload."""
     from gradio.utils import get_upload_folder
 
-    from backends.errors import InputError
+    from backends.runtime.errors import InputError
     from tabs.common import FILE_DATA, uploaded_path
 
     upload = Path(get_upload_folder()) / "some-hash" / "photo.png"

@@ -53,8 +53,8 @@ def test_real_size_needs_a_gpu(tiny_cache: Path) -> None:
 
 def test_real_model_builder_makes_the_stablelm_2_architecture() -> None:
     """The GPU run builds the 1.6B shape; here the same builder, shrunk, runs our fused path."""
-    from backends.stablelm_decode import FusedStableLmStepper, make_stepper
-    from backends.tiny_stablelm import build_tokenizer
+    from backends.stablelm.decode import FusedStableLmStepper, make_stepper
+    from backends.stablelm.tiny import build_tokenizer
     from bench.chat import REAL_CONFIG, build_real_model, ours, stock
 
     assert REAL_CONFIG["partial_rotary_factor"] == 0.25 and REAL_CONFIG["use_qkv_bias"] is True

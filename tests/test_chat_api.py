@@ -77,7 +77,7 @@ def test_history_longer_than_the_context_window_is_trimmed_not_refused(served: t
 
 
 def backend_request(history: list[dict[str, str]]) -> Any:
-    from backends.chat_requests import ChatRequest
+    from backends.stablelm.requests import ChatRequest
 
     return ChatRequest.build("the newest question", history, SYSTEM, 0, 1.0, 16)
 

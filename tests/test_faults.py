@@ -36,10 +36,10 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+from backends.runtime.outputs import OutputWriter
+from backends.runtime.studio import Studio
 from tests.bait import Plant
 from tests.serving import serve_tiny
-from backends.outputs import OutputWriter
-from backends.studio import Studio
 from tests.test_video_api import read_video
 
 REPO = Path(__file__).resolve().parent.parent
@@ -432,7 +432,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from backends.outputs import OutputWriter
+from backends.runtime.outputs import OutputWriter
 
 root, kind = Path(sys.argv[1]), sys.argv[2]
 writer = OutputWriter(root)

@@ -12,9 +12,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from backends.runtime.studio import Studio
+from backends.svd.backend import DECODE_SITE
 from tests.serving import serve_tiny
-from backends.studio import Studio
-from backends.svd import DECODE_SITE
 
 CONTRACT = ["image", "num_frames", "fps", "motion_bucket_id", "noise_aug_strength", "steps", "decode_chunk_size",
             "seed"]

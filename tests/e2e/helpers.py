@@ -22,7 +22,7 @@ from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
 if TYPE_CHECKING:
-    from backends.studio import Studio
+    from backends.runtime.studio import Studio
     from tests.conftest import Tally
 
 logger = logging.getLogger(__name__)

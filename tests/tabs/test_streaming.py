@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backends.requests import Img2ImgRequest, TextToImageRequest
-from backends.studio import Studio, StudioConfig
+from backends.cascade.requests import Img2ImgRequest, TextToImageRequest
+from backends.families import FAMILIES
+from backends.runtime.studio import Studio, StudioConfig
 from tabs.streaming import image_job
 
 
 @pytest.fixture(scope="module")
 def studio(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio:
     return Studio(StudioConfig(preset="tiny", cache_dir=tiny_cache,
-                               outputs_dir=tmp_path_factory.mktemp("outputs")))
+                               outputs_dir=tmp_path_factory.mktemp("outputs")), FAMILIES)
 
 
 def text_job() -> TextToImageRequest:

@@ -1,0 +1,165 @@
+"""The Studio: one object that holds what the command line configured.
+
+It is built once by ``app.py`` from the parsed flags and the family specs (``backends/families.py``)
+and handed to every tab, so no module reads flags or keeps global state. Building it reads the
+preset and one memory reading; it loads no model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from backends.runtime import presets
+from backends.runtime.errors import UnknownNameError
+from backends.runtime.loading import LoadContext
+from backends.runtime.memory import MemoryManager
+from backends.runtime.outputs import OutputWriter
+from backends.runtime.probe import MemoryProbe, SystemProbe
+from backends.runtime.progress import JobControl
+from backends.runtime.registry import Registry
+from backends.runtime.settings import preset_schema
+from backends.runtime.spec import BackendSpec
+from backends.runtime.tiny import TinyModels
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudioConfig:
+    """The flags that shape the Studio (see DESIGN.md's command line table)."""
+
+    preset: str = "auto"
+    vram_budget_bytes: int | None = None
+    models_dir: Path | None = None
+    outputs_dir: Path = Path("outputs")
+    cache_dir: Path = Path(".cache")
+    offline: bool = False
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class Studio:
+    """Preset, memory manager, registry, outputs and Stop flags of one running app."""
+
+    def __init__(self, config: StudioConfig, families: Sequence[BackendSpec],
+                 probe: MemoryProbe | None = None) -> None:
+        """Read the preset and one memory reading; no model loads.
+
+        Args:
+            config: the flags.
+            families: the family specs to serve (``backends.families.FAMILIES``); they make the
+                preset schema, the registry and the tiny builders.
+            probe: live memory readings (tests pass a ``FakeProbe``).
+        """
+        self.config = config
+        schema = preset_schema(families)
+        cuda = _cuda_available()
+        name = config.preset
+        if name == "auto":
+            total = SystemProbe(_device("cuda")).read().device_total if cuda else None
+            name = presets.pick_auto(total, schema)
+            logger.info("preset auto -> %s", name)
+        self.preset = presets.load(name, schema)
+        wanted = self.preset.settings.device
+        device = "cuda" if (wanted == "cuda" or (wanted == "auto" and cuda)) else "cpu"
+        if wanted == "cuda" and not cuda:
+            logger.warning("preset %s asks for CUDA but none is available; using the CPU", name)
+            device = "cpu"
+        self.device = _device(device)
+        # The tiny preset needs no hub at all; being offline also makes a missing file fail at once.
+        self.offline = config.offline or self.preset.name == "tiny"
+        if self.offline:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+        self.manager = MemoryManager(probe or SystemProbe(self.device), self.device,
+                                     budget_bytes=config.vram_budget_bytes)
+        ctx = LoadContext(cache_dir=Path(config.cache_dir), models_dir=config.models_dir,
+                          offline=self.offline,
+                          tiny=TinyModels(spec.tiny for spec in families if spec.tiny is not None))
+        self.ctx = ctx
+        self.registry = Registry(self.preset.settings, self.manager, ctx, families, preset_name=self.preset.name)
+        self.outputs = OutputWriter(Path(config.outputs_dir))
+        self._jobs: dict[str, JobControl] = {}
+        self._jobs_lock = threading.Lock()
+        logger.info("studio: preset %s on %s, budget %s, outputs %s", self.preset.name, self.device,
+                    config.vram_budget_bytes, config.outputs_dir)
+
+    # ----- Stop buttons: one flag per browser session ------------------------------------------
+    def start_job(self, session: str) -> JobControl:
+        """A fresh Stop flag for this session's next job."""
+        control = JobControl()
+        with self._jobs_lock:
+            self._jobs[session] = control
+        return control
+
+    def stop_job(self, session: str) -> bool:
+        """Press Stop for this session's running job; False when none is running."""
+        with self._jobs_lock:
+            control = self._jobs.get(session)
+        if control is None:
+            return False
+        control.cancel()
+        return True
+
+    def finish_job(self, session: str, control: JobControl) -> None:
+        with self._jobs_lock:
+            if self._jobs.get(session) is control:
+                del self._jobs[session]
+
+    # ----- /status and /unload -------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` JSON: device, live memory (budget applied), preset, components."""
+        reading = self.manager.reading()
+        return {
+            "device": reading.device_name if self.device.type == "cuda" else "cpu",
+            "vram_total": reading.device_total,
+            "vram_free": reading.device_free,
+            "ram_total": reading.ram_total,
+            "ram_free": reading.ram_free,
+            "preset": self.preset.name,
+            "budget": self.config.vram_budget_bytes,
+            "models": [
+                {"name": s.name, "placement": s.placement, "bytes": s.bytes, "last_used": s.last_used}
+                for s in self.manager.statuses()
+            ],
+        }
+
+    def missing_files(self) -> list[str]:
+        """What this preset still needs from the hub, one line per repo (local check only)."""
+        from backends.runtime import downloads
+
+        return [m.describe() for m in downloads.missing(downloads.plan(self.preset.settings), self.ctx)]
+
+    def download_all(self, progress: Any = None) -> int:
+        """Fetch every file this preset needs; returns the bytes downloaded."""
+        from backends.runtime import downloads
+
+        fetched = downloads.download_preset(self.preset, self.ctx, progress)
+        return sum(f.to_fetch for f in fetched)
+
+    def unload(self, name: str) -> dict[str, Any]:
+        """Drop a component, a whole backend (``cascade``) or ``all`` from memory; return status."""
+        name = name.strip()
+        try:
+            dropped = self.manager.unload(name)
+        except UnknownNameError:
+            if name not in self.registry.specs:
+                known = ["all", *self.registry.specs, *(s.name for s in self.manager.statuses())]
+                raise UnknownNameError(f"Unknown model {name!r}; known: {', '.join(known)}") from None
+            dropped = []  # a known backend that has loaded nothing yet
+        logger.info("unloaded %s", ", ".join(dropped) or "nothing")
+        return self.status()
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    return torch.device(name)

@@ -1,0 +1,149 @@
+"""Input images and the variation/img2img requests: clear errors naming the field, documented fits."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backends.cascade.requests import ImageVariationRequest, Img2ImgRequest
+from backends.runtime.errors import InputError
+from backends.runtime.image_input import MAX_INPUT_PIXELS, fit_output_size, load_image
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width`` x ``height`` but holds no pixel data: only the header is valid."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def saved(image: Image.Image, path: Path, **options: Any) -> str:
+    image.save(path, **options)
+    return str(path)
+
+
+def variation(image: Any, width: Any = 0, height: Any = 0, **changes: Any) -> ImageVariationRequest:
+    return ImageVariationRequest.build(image, changes.get("prompt", ""), "", width, height,
+                                       changes.get("num_images", 1), changes.get("seed", 3))
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_no_image_is_an_error_naming_the_field(value: Any) -> None:
+    with pytest.raises(InputError, match="^image: no image given"):
+        variation(value)
+
+
+def test_unreadable_files_are_errors_naming_the_field(tmp_path: Path) -> None:
+    corrupt = tmp_path / "holiday.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(InputError, match=r"^image: could not read holiday\.png as an image"):
+        variation(str(corrupt))
+    truncated = tmp_path / "cut.png"
+    whole = Path(saved(Image.new("RGB", (64, 64), (9, 99, 199)), tmp_path / "whole.png"))
+    truncated.write_bytes(whole.read_bytes()[:60])
+    with pytest.raises(InputError, match=r"^image: could not read cut\.png"):
+        variation(str(truncated))
+    with pytest.raises(InputError, match="could not read missing.png"):
+        variation(str(tmp_path / "missing.png"))
+    with pytest.raises(InputError, match="^image: expected an image file, got int"):
+        variation(12)
+
+
+def test_too_small_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"^image: is 1×1 pixels; each side must be at least 32"):
+        variation(saved(Image.new("RGB", (1, 1)), tmp_path / "dot.png"))
+    with pytest.raises(InputError, match=r"is 300×20 pixels"):
+        variation(Image.new("RGB", (300, 20)))
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None:
+    over_ours = png_header_only(tmp_path / "big.png", 12_000, 12_000)  # 144 MP > 134 MP
+    with pytest.raises(InputError, match=rf"^image: is 12000×12000 pixels, more than the {MAX_INPUT_PIXELS:,}"):
+        variation(str(over_ours))
+    over_pil = png_header_only(tmp_path / "huge.png", 20_000, 20_000)  # PIL's own guard fires first
+    with pytest.raises(InputError, match=r"^image: huge\.png is too large to decode safely"):
+        variation(str(over_pil))
+
+
+def test_grayscale_transparent_and_16_bit_inputs_become_rgb(tmp_path: Path) -> None:
+    gray = load_image("image", saved(Image.new("L", (64, 48), 128), tmp_path / "gray.png"))
+    assert gray.image.mode == "RGB" and gray.image.getpixel((0, 0)) == (128, 128, 128)
+    assert gray.notices == ("L input converted to RGB",)
+
+    rgba = Image.new("RGBA", (64, 48), (255, 0, 0, 255))
+    rgba.paste((0, 0, 255, 0), (0, 0, 32, 48))  # left half fully transparent
+    flat = load_image("image", saved(rgba, tmp_path / "cutout.png"))
+    assert flat.image.mode == "RGB"
+    assert flat.image.getpixel((10, 10)) == (255, 255, 255)  # composited on white, not black
+    assert flat.image.getpixel((50, 10)) == (255, 0, 0)
+    assert "transparent areas composited on white" in flat.notices[0]
+
+    deep = Image.fromarray(np.full((48, 64), 32768, dtype=np.uint16))
+    converted = load_image("image", saved(deep, tmp_path / "deep.png"))
+    assert converted.image.getpixel((0, 0)) == (128, 128, 128)  # scaled, not clipped to white
+
+
+def test_huge_inputs_are_downscaled_and_reported(tmp_path: Path) -> None:
+    wide = load_image("image", Image.new("RGB", (4096, 1024), (1, 2, 3)))
+    assert wide.image.size == (2048, 512) and wide.original_size == (4096, 1024)
+    assert wide.notices == ("input downscaled from 4096×1024 to 2048×512",)
+
+
+def test_exif_rotation_is_applied(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = saved(Image.new("RGB", (80, 40), (200, 10, 10)), tmp_path / "phone.jpg", exif=exif)
+    checked = load_image("image", path)
+    assert checked.image.size == (40, 80) and checked.original_size == (40, 80)
+
+
+def test_the_callers_image_is_not_changed() -> None:
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    load_image("image", rgba)
+    assert rgba.mode == "RGBA" and rgba.getpixel((0, 0)) == (0, 0, 0, 0)
+
+
+def test_size_from_the_input_follows_its_aspect() -> None:
+    def fit(width: int | None, height: int | None, size: tuple[int, int]) -> tuple[int, int]:
+        return fit_output_size(width, height, size, 1024 * 1024, 128, 256, 2048)
+
+    assert fit(None, None, (4000, 3000)) == (1152, 896)
+    assert fit(None, None, (1000, 1000)) == (1024, 1024)
+    assert fit(None, None, (100, 2000)) == (256, 2048)  # clamped; the crop covers the rest
+    assert fit(768, None, (1600, 900)) == (768, 384)
+    assert fit(None, 512, (1600, 900)) == (896, 512)
+    assert fit(640, 384, (10, 10)) == (640, 384)
+
+
+def test_requests_validate_in_contract_order(tmp_path: Path) -> None:
+    photo = saved(Image.new("RGB", (400, 300), (50, 100, 150)), tmp_path / "photo.png")
+    job = variation(photo, num_images=3, seed=-1)
+    assert (job.width, job.height, job.num_images, job.input_size) == (1152, 896, 3, (400, 300))
+    assert 0 <= job.seed < 2**32 and job.image.size == (400, 300)
+    assert "output size 1152×896 from the input's aspect ratio" in job.notices
+    assert variation(photo, width=512, height="").width == 512
+    assert "image" not in job.as_dict() and job.as_dict()["input_size"] == [400, 300]
+    with pytest.raises(InputError, match="^width: must be a multiple of 128"):
+        variation(photo, width=300)
+    with pytest.raises(InputError, match="^num_images: must be between 1 and 4"):
+        variation(photo, num_images=5)
+
+    edit = Img2ImgRequest.build(photo, "a cat", "", "0.25", 0, 0, 9)
+    assert (edit.strength, edit.num_images, edit.seed) == (0.25, 1, 9)
+    for bad in (-0.1, 1.5, "strong"):
+        with pytest.raises(InputError, match="^strength: "):
+            Img2ImgRequest.build(photo, "a cat", "", bad, 0, 0, 9)
+    # The defaults the contract leaves to the preset travel with the request.
+    custom = Img2ImgRequest.build(photo, "", "", 1, 256, 256, 1, area=256 * 256,
+                                  sampling={"prior_steps": 3, "decoder_steps": 2})
+    assert (custom.prior_steps, custom.decoder_steps, custom.width) == (3, 2, 256)
