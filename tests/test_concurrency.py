@@ -47,7 +47,7 @@ def image_request(prompt: str, seed: int) -> Request:
 
 
 def chat_request(message: str) -> Request:
-    # Temperature 0 is greedy decoding (backends/chat_requests.py), so a reply depends only on its inputs.
+    # Temperature 0 is greedy decoding (backends/stablelm/requests.py), so a reply depends only on its inputs.
     return Request("/chat", [message, [], SYSTEM, 0, 1.0, 48], prompt=message)
 
 

@@ -5,7 +5,7 @@ fitted frame before any model loads. Every check raises ``InputError`` naming th
 ``/generate_video``.
 
 Input pictures, as documented in the README:
-- reading and checking is ``backends.image_input.load_image``, shared with the Variation tab: any
+- reading and checking is ``backends.runtime.image_input.load_image``, shared with the Variation tab: any
   format Pillow opens; more than ``MAX_INPUT_PIXELS`` (about 134 MP) is refused from the header
   before decoding; larger than 2048 px a side is scaled down on loading; EXIF rotation applied;
   transparency composited on white; grayscale, palette, CMYK and 16-bit converted to RGB;
