@@ -9,11 +9,13 @@ Each case ends one of two ways, decided per case:
   one, and returns a correct result (right sizes, the seed asked for; pixel-identical to an
   equivalent clean input where the test can build one).
 
-NaN and infinities cannot go through gradio_client (its JSON encoder refuses them), so those
-cases go over the raw HTTP API with the JSON text written out. Before the matrix the test keeps
-one fixed-seed result of each endpoint; after it, ``/status`` must answer and every endpoint must
-give the same pixels, frames and text again. Each case is counted in ``reliability.json``
-(``bad_inputs``: tried, answered = refused with a clear message, handled).
+NaN, infinities and lone surrogates (``"\\ud800"``, which JSON allows) cannot go through
+gradio_client (its JSON encoder refuses them, and UTF-8 has no lone surrogate), so those cases go
+over the raw HTTP API with the JSON text written out. Integers too large for a float (401
+digits) and deeply nested chat content go through gradio_client as they are. Before the matrix
+the test keeps one fixed-seed result of each endpoint; after it, ``/status`` must answer and every
+endpoint must give the same pixels, frames and text again. Each case is counted in
+``reliability.json`` (``bad_inputs``: tried, answered = refused with a clear message, handled).
 
 An upload over the app's 25 MB limit never reaches an endpoint: gradio_client refuses it before
 sending (``tests/test_security.py`` covers the limit).
@@ -106,6 +108,24 @@ G, V, I, VID, O, C, U = ("/generate_image", "/image_variation", "/img2img", "/ge
                          "/unload")
 HUGE_HISTORY = [{"role": role, "content": f"turn {i} " + "word " * 40}
                 for i in range(5_000) for role in ("user", "assistant")]  # about 2 MB
+#: What JSON's 401-digit ``1000…0`` becomes in Python: an int that no float can hold.
+TOO_BIG = 10**400
+#: How a refusal shows it: its first digits and its length.
+SHOWN_TOO_BIG = r"got 100000000000… \(a 401-digit number\)"
+
+
+def lone_surrogate(position: int) -> str:
+    """The refusal of text with a lone surrogate (``U+D800``) at ``position``."""
+    return rf"is not valid Unicode text \(a lone surrogate, U\+D800, at position {position}\)"
+
+
+def nested(depth: int, inner: Any) -> Any:
+    """``inner`` inside ``depth`` lists. JSON parsers on both ends stop near 1,000 levels (Python's
+    recursion limit), so the thousands-deep cases are in ``tests/backends/stablelm/test_requests.py``."""
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
 
 CASES = [
     # /generate_image
@@ -126,6 +146,15 @@ CASES = [
     refused(G, "a dict for the negative prompt", "negative_prompt", {"text": "blurry"}, "expected text, got dict"),
     refused(G, "raw NaN", "prior_steps", float("nan"), "finite", raw=True),
     refused(G, "raw -Infinity", "width", float("-inf"), "finite", raw=True),
+    refused(G, "a 401-digit width", "width", TOO_BIG, f"between 256 and 2048, {SHOWN_TOO_BIG}$"),
+    refused(G, "a 401-digit guidance", "prior_guidance", -TOO_BIG, r"between 0 and 20, got -100000000000…"),
+    refused(G, "a 401-digit seed", "seed", TOO_BIG, f"between -1 and 4294967295, {SHOWN_TOO_BIG}$"),
+    refused(G, "401 digits as text", "decoder_steps", "1" + "0" * 400, r"between 1 and 50, got '1000"),
+    refused(G, "steps just above the range", "prior_steps", 100.0000001, r"between 1 and 100, got 100\.0000001$"),
+    refused(G, "guidance just above the range", "decoder_guidance", 20.000000001,
+            r"between 0 and 20, got 20\.000000001$"),
+    refused(G, "a lone surrogate in the prompt", "prompt", "a \ud800 lighthouse", lone_surrogate(2), raw=True),
+    refused(G, "a lone surrogate in the negative prompt", "negative_prompt", "\ud800", lone_surrogate(0), raw=True),
     handled(G, "a 1 MB prompt", {"prompt": "lighthouse " * (MB // 11)}, r"prompt.*truncated"),
     # /image_variation
     refused(V, "no image", "image", None, "no image given"),
@@ -141,11 +170,19 @@ CASES = [
     refused(V, "too many images", "num_images", 9, "between 1 and 4"),
     refused(V, "a 10**9 width", "width", 10**9, "between 256 and 2048"),
     refused(V, "a fractional seed", "seed", 1.5, "whole number"),
+    refused(V, "a 401-digit height", "height", TOO_BIG, f"between 256 and 2048, {SHOWN_TOO_BIG}$"),
+    refused(V, "a 401-digit image count", "num_images", TOO_BIG, f"between 1 and 4, {SHOWN_TOO_BIG}$"),
+    refused(V, "a negative 401-digit seed", "seed", -TOO_BIG, r"between -1 and 4294967295, got -100000000000…"),
+    refused(V, "a lone surrogate in the prompt", "prompt", "\ud800", lone_surrogate(0), raw=True),
+    refused(V, "a lone surrogate in the negative prompt", "negative_prompt", "ok\ud800", lone_surrogate(2),
+            raw=True),
     handled(V, "CMYK JPEG", {"image": Pic("cmyk.jpg")}, "CMYK input converted to RGB"),
     handled(V, "a 10000×10000 picture", {"image": Pic("huge.png")},
             "input downscaled from 10000×10000 to 2048×2048"),
     handled(V, "palette with a transparent colour", {"image": Pic("palette.png")}, "P input: transparent areas",
             same_as={"image": Pic("palette-on-white.png")}),
+    handled(V, "an EXIF-rotated photo", {"image": Pic("turned.png")},
+            "input rotated 90° clockwise from its EXIF orientation", same_as={"image": Pic("upright.png")}),
     # /img2img
     refused(I, "text for a number", "strength", "half", "expected a number, got 'half'"),
     refused(I, "above 1", "strength", 1.5, "between 0 and 1"),
@@ -156,6 +193,11 @@ CASES = [
     refused(I, "no image", "image", None, "no image given"),
     refused(I, "a truncated PNG", "image", Pic("truncated.png"), r"could not read truncated\.png"),
     refused(I, "a number for the prompt", "prompt", 12345, "expected text, got int"),
+    refused(I, "a 401-digit strength", "strength", TOO_BIG, f"between 0 and 1, {SHOWN_TOO_BIG}$"),
+    refused(I, "a 401-digit width", "width", -TOO_BIG, r"between 256 and 2048, got -100000000000…"),
+    refused(I, "strength just above 1", "strength", 1.0000001, r"between 0 and 1, got 1\.0000001$"),
+    refused(I, "a lone surrogate in the prompt", "prompt", "a red \ud800", lone_surrogate(6), raw=True),
+    refused(I, "a lone surrogate in the negative prompt", "negative_prompt", "\ud800", lone_surrogate(0), raw=True),
     handled(I, "16-bit grayscale (I;16)", {"image": Pic("gray16.png")}, "I;16 input converted to 8-bit RGB"),
     handled(I, "1-bit black and white", {"image": Pic("bits.png")}, "1 input converted to RGB"),
     handled(I, "a 1 MB prompt", {"prompt": "house " * (MB // 6)}, r"prompt.*truncated"),
@@ -175,9 +217,21 @@ CASES = [
     refused(VID, "NaN as text", "noise_aug_strength", "nan", "finite"),
     refused(VID, "chunk above the frame count", "decode_chunk_size", 7, "between 0 and 2"),
     refused(VID, "a bool seed", "seed", True, "expected a number, got True"),
+    refused(VID, "401-digit frames", "num_frames", TOO_BIG, f"between 1 and 50, {SHOWN_TOO_BIG}$"),
+    refused(VID, "a 401-digit fps", "fps", TOO_BIG, f"between 5 and 30, {SHOWN_TOO_BIG}$"),
+    refused(VID, "a negative 401-digit motion", "motion_bucket_id", -TOO_BIG, r"between 1 and 255, got -1000"),
+    refused(VID, "a 401-digit noise", "noise_aug_strength", TOO_BIG, f"between 0 and 1, {SHOWN_TOO_BIG}$"),
+    refused(VID, "401-digit steps", "steps", TOO_BIG, f"between 1 and 100, {SHOWN_TOO_BIG}$"),
+    refused(VID, "a 401-digit chunk", "decode_chunk_size", TOO_BIG, f"between 0 and 2, {SHOWN_TOO_BIG}$"),
+    refused(VID, "a 401-digit seed", "seed", TOO_BIG, f"between -1 and 4294967295, {SHOWN_TOO_BIG}$"),
+    refused(VID, "noise just above 1", "noise_aug_strength", 1.0000001, r"between 0 and 1, got 1\.0000001$"),
+    refused(VID, "a lone surrogate for the image", "image", "\ud800", r"expected an uploaded file, got the text",
+            raw=True),
     handled(VID, "gray with alpha (LA)", {"image": Pic("gray-alpha.png")}, "LA input: transparent areas"),
     handled(VID, "a 10000×10000 picture", {"image": Pic("huge.png")},
             r"picture downscaled from 10000x10000 to 128x64 \(crop\)"),
+    handled(VID, "an EXIF-rotated photo", {"image": Pic("turned.png")},
+            "input rotated 90° clockwise from its EXIF orientation"),
     # /orbit
     refused(O, "no image", "image", None, "no image given"),
     refused(O, "a dict that is no file", "image", {"foo": 1}, "expected an uploaded file"),
@@ -192,6 +246,14 @@ CASES = [
     refused(O, "unknown path", "path", "zigzag", "must be one of constant, sine"),
     refused(O, "a list for the path", "path", ["sine"], "must be one of constant, sine"),
     refused(O, "a huge end elevation", "elevation_end_deg", -1e9, "between -90 and 90"),
+    refused(O, "a 401-digit elevation", "elevation_deg", TOO_BIG, f"between -90 and 90, {SHOWN_TOO_BIG}$"),
+    refused(O, "a negative 401-digit end elevation", "elevation_end_deg", -TOO_BIG,
+            r"between -90 and 90, got -100000000000…"),
+    refused(O, "401-digit steps", "steps", TOO_BIG, f"between 1 and 100, {SHOWN_TOO_BIG}$"),
+    refused(O, "a 401-digit seed", "seed", TOO_BIG, f"between -1 and 4294967295, {SHOWN_TOO_BIG}$"),
+    refused(O, "elevation just above 90", "elevation_deg", 90.0000001, r"between -90 and 90, got 90\.0000001$"),
+    refused(O, "a lone surrogate in the variant", "variant", "p\ud800", lone_surrogate(1), raw=True),
+    refused(O, "a lone surrogate in the path", "path", "\ud800", lone_surrogate(0), raw=True),
     handled(O, "1-bit black and white", {"image": Pic("bits.png")}, "1 input converted to RGB"),
     # /chat
     refused(C, "empty message", "message", "", "is empty"),
@@ -216,6 +278,22 @@ CASES = [
     refused(C, "zero new tokens", "max_new_tokens", 0, "between 1 and 4096"),
     refused(C, "a number for the system prompt", "system_prompt", 5, "expected text, got int"),
     refused(C, "a 1 MB system prompt", "system_prompt", "s" * MB, "the limit is 8,000"),
+    refused(C, "a 401-digit temperature", "temperature", TOO_BIG, f"between 0 and 2, {SHOWN_TOO_BIG}$"),
+    refused(C, "a negative 401-digit top_p", "top_p", -TOO_BIG, r"between 0 and 1, got -100000000000…"),
+    refused(C, "401-digit new tokens", "max_new_tokens", TOO_BIG, f"between 1 and 4096, {SHOWN_TOO_BIG}$"),
+    refused(C, "temperature just above 2", "temperature", 2.0000001, r"between 0 and 2, got 2\.0000001$"),
+    refused(C, "a lone surrogate in the message", "message", "hi \ud800", lone_surrogate(3), raw=True),
+    refused(C, "a lone surrogate in the system prompt", "system_prompt", "\ud800", lone_surrogate(0), raw=True),
+    refused(C, "a lone surrogate in the history", "history",
+            [{"role": "user", "content": "ok"},
+             {"role": "assistant", "content": [{"type": "text", "text": "x\ud800"}]}],
+            lone_surrogate(1), field="history[1]", raw=True),
+    refused(C, "history content nested 200 deep", "history", [{"role": "user", "content": nested(200, "deep")}],
+            "content is nested too deeply", field="history[0]"),
+    refused(C, "a text part nested 200 deep", "history",
+            [{"role": "user", "content": nested(200, {"type": "text", "text": "deep"})}],
+            "content is nested too deeply", field="history[0]"),
+    refused(C, "a message nested 200 deep", "message", nested(200, "hi"), "content is nested too deeply"),
     handled(C, "the message as a list of text parts", {"message": [{"type": "text", "text": "hi"}]},
             same_as={"message": "hi"}),
     handled(C, "a 2 MB history", {"history": HUGE_HISTORY}),
@@ -230,6 +308,9 @@ CASES = [
     refused(U, "a list", "name", ["all"], "expected text, got list"),
     refused(U, "a bool", "name", True, "expected text, got bool"),
     refused(U, "a 1 MB name", "name", "x" * MB, "is 1,048,576 characters"),
+    refused(U, "a 401-digit number", "name", TOO_BIG, "expected text, got int"),
+    # /unload's check is tabs/system.py's: it refuses the name as unknown, escaped (no raw surrogate).
+    refused(U, "a lone surrogate", "name", "\ud800", r"Unknown model '\\ud800'", raw=True),
     handled(U, "spaces around 'all'", {"name": "  all  "}),
 ]
 
@@ -264,6 +345,12 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     on_white = Image.new("RGB", (96, 64), (0, 255, 0))
     on_white.paste((255, 255, 255), (0, 0, 48, 64))
     on_white.save(folder / "palette-on-white.png")
+    # Stored landscape, shown portrait: the app must see exactly the upright picture.
+    turned = Image.fromarray((rng.random((120, 200, 3)) * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90° clockwise to display
+    turned.save(folder / "turned.png", exif=exif)
+    turned.transpose(Image.Transpose.ROTATE_270).save(folder / "upright.png")
     return folder
 
 
@@ -308,8 +395,10 @@ def call_raw(url: str, endpoint: str, overrides: dict[str, Any], pictures: Path)
                     (path,) = http.post("gradio_api/upload", files={"files": (value.name, file)}).json()
                 value = {"path": path, "meta": {"_type": "gradio.FileData"}}
             values.append(value)
-        body = json.dumps({"data": values})  # allow_nan: NaN, Infinity as JavaScript writes them
-        assert "NaN" in body or "Infinity" in body
+        # allow_nan: NaN, Infinity as JavaScript writes them; ensure_ascii: a lone surrogate as \ud800.
+        body = json.dumps({"data": values})
+        with pytest.raises(ValueError):  # what gradio_client's encoder (httpx 0.28) refuses: why this goes raw
+            json.dumps({"data": values}, ensure_ascii=False, allow_nan=False).encode("utf-8")
         name = endpoint.strip("/")
         event = http.post(f"gradio_api/call/{name}", content=body, headers={"content-type": "application/json"})
         stream = http.get(f"gradio_api/call/{name}/{event.json()['event_id']}").text

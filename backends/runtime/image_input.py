@@ -8,8 +8,9 @@ Every rule here is a documented fit or a clear error naming the field (``InputEr
   can unpack to gigabytes);
 - larger than ``MAX_KEPT_SIDE`` on a side: downscaled (the models never use more: outputs are at
   most 2048 px), reported in the notices;
-- EXIF rotation applied; grayscale, palette, CMYK and 16-bit images converted to RGB; transparent
-  areas (RGBA, LA, palette transparency) composited on white, reported in the notices.
+- EXIF rotation applied and reported in the notices (a phone photo that comes out turned,
+  unexplained, looks like a bug); grayscale, palette, CMYK and 16-bit images converted to RGB;
+  transparent areas (RGBA, LA, palette transparency) composited on white, reported in the notices.
 
 Light: PIL and numpy only, no torch, so tabs can validate cheaply.
 """
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from backends.runtime.errors import InputError
+from backends.runtime.requests import check_unicode
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,16 @@ MAX_KEPT_SIDE = 2048
 BACKGROUND = (255, 255, 255)
 #: The EXIF tag phones use to say how a photo should be turned for display.
 EXIF_ORIENTATION = 0x0112
+#: What ``ImageOps.exif_transpose`` does for each EXIF orientation (1, or none, is upright).
+EXIF_TURNS = {
+    2: "mirrored left to right",
+    3: "rotated 180°",
+    4: "mirrored top to bottom",
+    5: "mirrored left to right and rotated 90° counter-clockwise",
+    6: "rotated 90° clockwise",
+    7: "mirrored left to right and rotated 90° clockwise",
+    8: "rotated 90° counter-clockwise",
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,9 @@ def load_image(field: str, value: Any) -> InputImage:
         return _check(field, value, "the image", value.size)
     if not isinstance(value, (str, os.PathLike)):
         raise InputError(field, f"expected an image file, got {type(value).__name__}")
+    if isinstance(name := os.fspath(value), str):
+        # A lone surrogate (from JSON) names no file here, and could not be echoed in a UTF-8 error.
+        check_unicode(field, name)
     path = Path(value)
     try:
         with Image.open(path) as opened:
@@ -96,14 +111,16 @@ def _check_pixels(field: str, size: tuple[int, int]) -> None:
 
 def _check(field: str, image: Image.Image, name: str, size: tuple[int, int]) -> InputImage:
     """Rotate, convert and fit a decoded image; ``size`` is the file's size before a JPEG draft."""
-    if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    turn = EXIF_TURNS.get(orientation) if isinstance(orientation, int) else None
+    if orientation in (5, 6, 7, 8):
         size = (size[1], size[0])  # a quarter turn: report the upright size
     # Always a new image (a copy when there is nothing to rotate): the caller's stays untouched.
     image = ImageOps.exif_transpose(image)
     width, height = size
     if min(width, height) < MIN_INPUT_SIDE:
         raise InputError(field, f"is {width}×{height} pixels; each side must be at least {MIN_INPUT_SIDE} pixels")
-    notices: list[str] = []
+    notices = [f"input {turn} from its EXIF orientation"] if turn else []
     rgb, note = to_rgb(image)
     if note:
         notices.append(note)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from backends.runtime.errors import InputError
-from backends.runtime.requests import parse_float, parse_int
+from backends.runtime.requests import check_unicode, parse_float, parse_int
 
 #: 4096 is the context window of StableLM 2 Zephyr, StableLM Zephyr 3B and Tuned Alpha.
 MAX_NEW_TOKENS = 4096
@@ -36,6 +36,8 @@ MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 10_000
 MAX_REPETITION_PENALTY = 2.0
 ROLES = ("user", "assistant")
+#: Gradio's own shape is one list deep (a list of parts); a few more levels cost nothing to accept.
+MAX_CONTENT_DEPTH = 8
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,14 @@ def flatten_content(content: Any, where: str = "history") -> str:
 
     Gradio 6 hands Chatbot content back through the API as a list of parts
     (``[{"type": "text", "text": ...}]``, NOTES.md); files and other non-text parts are skipped,
-    since the models here read text only.
+    since the models here read text only. Lists may nest (a list of parts inside a list), but
+    only ``MAX_CONTENT_DEPTH`` deep: JSON allows any depth, and a list nested thousands deep
+    would otherwise end in ``RecursionError`` instead of an error naming ``where``.
     """
+    return _flatten(content, where, 0)
+
+
+def _flatten(content: Any, where: str, depth: int) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
@@ -65,7 +73,10 @@ def flatten_content(content: Any, where: str = "history") -> str:
                                     f"{type(content.get('text')).__name__}")
         return ""  # a file, image or component part
     if isinstance(content, (list, tuple)):
-        return "\n".join(text for part in content if (text := flatten_content(part, where)))
+        if depth >= MAX_CONTENT_DEPTH:
+            raise InputError(where, f"content is nested too deeply (lists within lists more than "
+                                    f"{MAX_CONTENT_DEPTH} levels); send text or a list of text parts")
+        return "\n".join(text for part in content if (text := _flatten(part, where, depth + 1)))
     raise InputError(where, f"content must be text or a list of text parts, got {type(content).__name__}")
 
 
@@ -104,7 +115,7 @@ def parse_history(value: Any) -> list[ChatMessage]:
             raise InputError(where, f"expected a message like {{'role': 'user', 'content': 'text'}}, "
                                     f"got {type(item).__name__}")
         for role, content in pairs:
-            text = flatten_content(content, where)
+            text = check_unicode(where, flatten_content(content, where))
             if text.strip():
                 messages.append(ChatMessage(role, text))
     return messages
@@ -157,6 +168,7 @@ class ChatRequest:
             message = ""
         if not isinstance(message, str):
             message = flatten_content(message, "message")
+        check_unicode("message", message)
         if not message.strip():
             raise InputError("message", "is empty; type what you want to say")
         if len(message) > MAX_MESSAGE_CHARS:
@@ -167,6 +179,8 @@ class ChatRequest:
         if system_prompt is not None and len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
             raise InputError("system_prompt", f"is {len(system_prompt):,} characters; the limit is "
                                               f"{MAX_SYSTEM_PROMPT_CHARS:,}")
+        if system_prompt is not None:
+            check_unicode("system_prompt", system_prompt)
         top_p_value = parse_float("top_p", top_p, 0.0, 1.0)
         if top_p_value <= 0.0:
             raise InputError("top_p", f"must be greater than 0 and at most 1, got {top_p_value:g}")

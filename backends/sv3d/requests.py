@@ -31,7 +31,7 @@ from PIL import Image
 
 from backends.runtime.errors import InputError
 from backends.runtime.image_input import load_image
-from backends.runtime.requests import parse_float, parse_int, parse_seed
+from backends.runtime.requests import check_unicode, parse_float, parse_int, parse_seed
 
 VARIANTS = ("u", "p")
 PATHS = ("constant", "sine")
@@ -88,6 +88,8 @@ class OrbitRequest:
         """
         if image is None or (isinstance(image, str) and not image.strip()):
             raise InputError("image", "no image given; upload a picture (a cut-out PNG works best)")
+        if isinstance(variant, str):
+            check_unicode("variant", variant)
         name = str(variant).strip().lower() if variant is not None else ""
         name = name.removeprefix("sv3d_")
         if name not in VARIANTS:
@@ -95,6 +97,8 @@ class OrbitRequest:
         elevation = parse_float("elevation_deg", elevation_deg, -90.0, 90.0)
         steps_value = parse_int("steps", steps, 1, MAX_STEPS)
         seed_value = parse_seed("seed", seed)
+        if isinstance(path, str):
+            check_unicode("path", path)
         how = "constant" if path in (None, "") else path
         if how not in PATHS:
             raise InputError("path", f"must be one of {', '.join(PATHS)}, got {path!r}")

@@ -24,7 +24,7 @@ from PIL import Image
 
 from backends.runtime.errors import InputError
 from backends.runtime.image_input import MAX_INPUT_PIXELS, load_image
-from backends.runtime.requests import parse_float, parse_int, parse_seed
+from backends.runtime.requests import check_unicode, parse_float, parse_int, parse_seed
 
 #: Smaller pictures carry too little for a 1024x576 video (and 1x1 "images" are usually a mistake).
 MIN_SIDE = 64
@@ -111,6 +111,8 @@ class VideoRequest:
 def parse_fit(value: Any) -> str:
     """``crop`` or ``pad``; None means crop."""
     fit = "crop" if value is None else value
+    if isinstance(fit, str):
+        check_unicode("fit", fit)
     if fit not in FITS:
         raise InputError("fit", f"must be one of {', '.join(FITS)}, got {value!r}")
     return fit

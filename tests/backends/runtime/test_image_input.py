@@ -147,3 +147,42 @@ def test_requests_validate_in_contract_order(tmp_path: Path) -> None:
     custom = Img2ImgRequest.build(photo, "", "", 1, 256, 256, 1, area=256 * 256,
                                   sampling={"prior_steps": 3, "decoder_steps": 2})
     assert (custom.prior_steps, custom.decoder_steps, custom.width) == (3, 2, 256)
+
+
+@pytest.mark.parametrize(("orientation", "size", "notice"), [
+    (2, (80, 40), "input mirrored left to right from its EXIF orientation"),
+    (3, (80, 40), "input rotated 180° from its EXIF orientation"),
+    (4, (80, 40), "input mirrored top to bottom from its EXIF orientation"),
+    (5, (40, 80), "input mirrored left to right and rotated 90° counter-clockwise from its EXIF orientation"),
+    (6, (40, 80), "input rotated 90° clockwise from its EXIF orientation"),
+    (7, (40, 80), "input mirrored left to right and rotated 90° clockwise from its EXIF orientation"),
+    (8, (40, 80), "input rotated 90° counter-clockwise from its EXIF orientation"),
+])
+def test_exif_rotation_is_reported_in_the_notices(tmp_path: Path, orientation: int, size: tuple[int, int],
+                                                  notice: str) -> None:
+    stored = Image.new("RGB", (80, 40), (0, 0, 0))
+    stored.paste((255, 255, 255), (0, 0, 10, 10))  # a white mark in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    checked = load_image("image", saved(stored, tmp_path / "phone.png", exif=exif))
+    assert checked.image.size == size and checked.original_size == size
+    assert checked.notices == (notice,)
+    # The notice says what was done: the mark is where that turn puts the stored top-left corner.
+    corner = {2: (75, 5), 3: (75, 35), 4: (5, 35), 5: (5, 5), 6: (35, 5), 7: (35, 75), 8: (5, 75)}[orientation]
+    assert checked.image.getpixel(corner) == (255, 255, 255)
+
+
+def test_upright_pictures_get_no_rotation_notice(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    assert load_image("image", saved(Image.new("RGB", (80, 40)), tmp_path / "up.png", exif=exif)).notices == ()
+    assert load_image("image", Image.new("RGB", (80, 40))).notices == ()
+
+
+def test_the_rotation_notice_reaches_the_requests_info(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    path = saved(Image.new("RGB", (400, 300), (9, 9, 9)), tmp_path / "turned.png", exif=exif)
+    job = variation(path)
+    assert job.input_size == (300, 400)
+    assert job.notices[0] == "input rotated 90° counter-clockwise from its EXIF orientation"

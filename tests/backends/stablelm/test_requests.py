@@ -8,6 +8,7 @@ import pytest
 
 from backends.runtime.errors import InputError
 from backends.stablelm.requests import (
+    MAX_CONTENT_DEPTH,
     MAX_HISTORY_CHARS,
     MAX_MESSAGE_CHARS,
     ChatMessage,
@@ -16,6 +17,7 @@ from backends.stablelm.requests import (
     parse_history,
 )
 
+HUGE = 10**400  # JSON allows it; no float can hold it
 GOOD = dict(message="hi", history=[], system_prompt="be brief", temperature=0.7, top_p=0.95, max_new_tokens=64)
 
 
@@ -83,3 +85,66 @@ def test_huge_history_is_cut_from_the_oldest_turn_not_refused() -> None:
     assert request.dropped_messages > 0
     assert sum(len(m.content) for m in request.history) <= MAX_HISTORY_CHARS
     assert request.history[0].role == "user" and len(request.history) == 30 - request.dropped_messages
+
+
+def nested(depth: int, inner: Any = "deep") -> Any:
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
+SURROGATE = r"is not valid Unicode text \(a lone surrogate, U\+D800, at position "
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"message": "hi \ud800"}, rf"^message: {SURROGATE}3\)"),
+    ({"message": [{"type": "text", "text": "\ud800"}]}, rf"^message: {SURROGATE}0\)"),
+    ({"system_prompt": "be \ud800 brief"}, rf"^system_prompt: {SURROGATE}3\)"),
+    ({"history": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "x\ud800"}]},
+     rf"^history\[1\]: {SURROGATE}1\)"),
+    ({"history": [{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]},
+     rf"^history\[0\]: {SURROGATE}0\)"),
+    ({"history": [["fine", "\ud800"]]}, rf"^history\[0\]: {SURROGATE}0\)"),
+    ({"history": [{"role": "\ud800", "content": "x"}]},
+     r"^history\[0\]: role must be one of user, assistant, got '\\ud800'"),
+])
+def test_lone_surrogates_are_refused_naming_the_field(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        build(**overrides)
+
+
+@pytest.mark.parametrize("depth", [MAX_CONTENT_DEPTH + 1, 5_000, 100_000])
+def test_deeply_nested_content_names_the_field_instead_of_recursing(depth: int) -> None:
+    deep = nested(depth)
+    too_deep = rf"content is nested too deeply \(lists within lists more than {MAX_CONTENT_DEPTH} levels\)"
+    for overrides, field in [
+        ({"history": [{"role": "user", "content": deep}]}, r"history\[0\]"),
+        ({"history": [{"role": "user", "content": "a"}, {"role": "assistant", "content": [{"type": "text", "text": "b"},
+                                                                                         deep]}]}, r"history\[1\]"),
+        ({"history": [{"role": "user", "content": nested(depth, {"type": "text", "text": "x"})}]}, r"history\[0\]"),
+        ({"history": [[deep, "reply"]]}, r"history\[0\]"),
+        ({"message": deep}, "message"),
+    ]:
+        with pytest.raises(InputError, match=f"^{field}: {too_deep}"):
+            build(**overrides)
+
+
+def test_nesting_up_to_the_limit_is_flattened() -> None:
+    assert flatten_content(nested(MAX_CONTENT_DEPTH)) == "deep"
+    assert build(history=[{"role": "user", "content": nested(MAX_CONTENT_DEPTH, {"type": "text", "text": "q"})}],
+                 ).history == (ChatMessage("user", "q"),)
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "max_new_tokens", "top_k", "repetition_penalty"])
+def test_numbers_too_large_for_a_float_name_the_field(field: str) -> None:
+    with pytest.raises(InputError, match=rf"^{field}: must be between .*, got 100000000000… \(a 401-digit number\)$"):
+        build(**{field: HUGE})
+    with pytest.raises(InputError, match=rf"^{field}: must be between .*, got -100000000000…"):
+        build(**{field: -HUGE})
+
+
+def test_values_just_outside_the_range_are_shown_as_sent() -> None:
+    with pytest.raises(InputError, match=r"^temperature: must be between 0 and 2, got 2\.0000001$"):
+        build(temperature=2.0000001)
+    with pytest.raises(InputError, match=r"^max_new_tokens: must be between 1 and 4096, got 4096\.0000001$"):
+        build(max_new_tokens=4096.0000001)

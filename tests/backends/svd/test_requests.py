@@ -130,3 +130,25 @@ def test_model_size_follows_the_orientation() -> None:
     assert model_size((1920, 1080), 1024, 576) == (1024, 576)
     assert model_size((1080, 1920), 1024, 576) == (576, 1024)
     assert model_size((500, 500), 576, 1024) == (1024, 576)
+
+
+@pytest.mark.parametrize("field", ["num_frames", "fps", "motion_bucket_id", "noise_aug_strength", "steps",
+                                   "decode_chunk_size", "seed"])
+def test_numbers_too_large_for_a_float_name_the_field(photo: Path, field: str) -> None:
+    with pytest.raises(InputError, match=rf"^{field}: must be between .*, got 100000000000… \(a 401-digit number\)$"):
+        build(str(photo), **{field: 10**400})
+
+
+def test_values_just_outside_the_range_are_shown_as_sent(photo: Path) -> None:
+    with pytest.raises(InputError, match=r"^noise_aug_strength: must be between 0 and 1, got 1\.0000001$"):
+        build(str(photo), noise_aug_strength=1.0000001)
+    with pytest.raises(InputError, match=r"^num_frames: must be between 1 and 50, got 50\.0000001$"):
+        build(str(photo), num_frames=50.0000001)
+
+
+def test_lone_surrogates_are_refused_naming_the_field(photo: Path) -> None:
+    surrogate = r"is not valid Unicode text \(a lone surrogate, U\+D800, at position 3\)"
+    with pytest.raises(InputError, match=rf"^fit: {surrogate}"):
+        build(str(photo), fit="pad\ud800")
+    with pytest.raises(InputError, match=r"^image: is not valid Unicode text \(a lone surrogate, U\+DFFF"):
+        build(str(photo.parent / "\udfff.png"))
