@@ -29,9 +29,10 @@ import gradio as gr
 from backends.runtime.errors import Cancelled
 from backends.runtime.progress import JobControl, no_progress
 from backends.runtime.studio import Studio
+from backends.stablelm.backend import context_window
 from backends.stablelm.prompt import default_system_prompt
 from backends.stablelm.requests import MAX_NEW_TOKENS, ChatRequest, flatten_content
-from tabs.common import GPU_QUEUE, on_gpu, session_of, standalone, user_errors, wire_stop
+from tabs.common import GPU_QUEUE, on_gpu, on_page_load, session_of, standalone, user_errors, wire_stop
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +171,10 @@ def build(studio: Studio) -> dict[str, Any]:
     chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat-bot", buttons=["copy", "copy_all"],
                          placeholder="Replies stream here. Stop ends a reply at the next token.")
     with gr.Row():
-        message = gr.Textbox(label="Message", placeholder="Type a message and press Enter", lines=2, scale=5,
-                             elem_id="chat-message")
+        # lines=1 with room to grow: gradio 6.31 submits a one-line box on Enter and lets Shift+Enter
+        # add a line, the habit of every chat app; a box of lines>1 does the reverse.
+        message = gr.Textbox(label="Message", placeholder="Type a message: Enter sends, Shift+Enter adds a line",
+                             lines=1, max_lines=8, scale=5, elem_id="chat-message")
         with gr.Column(scale=1, min_width=120):
             send = gr.Button("Send", variant="primary", elem_id="chat-send")
             stop = gr.Button("Stop", variant="stop", elem_id="chat-stop")
@@ -193,17 +196,21 @@ def build(studio: Studio) -> dict[str, Any]:
                                        label="Repetition penalty", info="1 is off")
     pending = gr.State("")
 
-    def accept(text: str, chat: list[Any]) -> tuple[str, list[dict[str, str]], str]:
+    def check_message(text: str) -> None:
         if not isinstance(text, str) or not text.strip():
-            raise gr.Error("message: is empty; type what you want to say")
+            not_yet("Message (message): is empty; type what you want to say.")
+
+    def accept(text: str, chat: list[Any]) -> tuple[str, list[dict[str, str]], str]:
         return "", [*_plain(chat), {"role": "user", "content": text}], text
+
+    def check_retry(chat: list[Any]) -> None:
+        if not any(m["role"] == "user" for m in _plain(chat)):
+            not_yet("Nothing to regenerate yet: send a message first.")
 
     def retry(chat: list[Any]) -> tuple[list[dict[str, str]], str]:
         plain = _plain(chat)
-        users = [i for i, m in enumerate(plain) if m["role"] == "user"]
-        if not users:
-            raise gr.Error("Nothing to regenerate yet: send a message first.")
-        return plain[: users[-1] + 1], plain[users[-1]]["content"]
+        last = max(i for i, m in enumerate(plain) if m["role"] == "user")
+        return plain[: last + 1], plain[last]["content"]
 
     def respond(text: str, chat: list[Any], sys_prompt: str, temp: float, nucleus: float, new_tokens: float,
                 k: float, penalty: float, request: gr.Request) -> Iterator[tuple[list[dict[str, str]], str]]:
@@ -217,21 +224,51 @@ def build(studio: Studio) -> dict[str, Any]:
     respond_event = dict(fn=on_gpu(respond, gpu_seconds), inputs=ui_inputs, outputs=[chatbot, stats],
                          api_visibility="private",
                          **GPU_QUEUE)
+    # The checks have no outputs, so a refused message marks no component with gradio's "Error"
+    # pill, and they are queued (in a group of their own, never behind the GPU) because gradio
+    # drops gr.Warning from events outside the queue. Their hidden error ends the chain.
+    checked = dict(outputs=None, api_visibility="private", concurrency_limit=None, concurrency_id="chat-check",
+                   show_progress="hidden")
     accepted = dict(fn=accept, inputs=[message, chatbot], outputs=[message, chatbot, pending],
                     api_visibility="private", queue=False)
-    events = [send.click(**accepted).success(**respond_event),
-              message.submit(**accepted).success(**respond_event),
-              regenerate.click(retry, chatbot, [chatbot, pending], api_visibility="private",
-                               queue=False).success(**respond_event)]
+    events = [send.click(check_message, message, **checked).success(**accepted).success(**respond_event),
+              message.submit(check_message, message, **checked).success(**accepted).success(**respond_event),
+              regenerate.click(check_retry, chatbot, **checked)
+              .success(retry, chatbot, [chatbot, pending], api_visibility="private", queue=False)
+              .success(**respond_event)]
     # Clear cancels a reply still streaming (otherwise its next update brings the chat back). It
     # queues behind the reply's slot, so its empty chat reaches the page after the reply's last update.
     clear.click(lambda: ([], ""), None, [chatbot, stats], api_visibility="private", cancels=events, **GPU_QUEUE)
 
-    wire_stop(studio, stop, events)
+    # The cancelled reply never sends its last update, so the figures line says it instead.
+    wire_stop(studio, stop, events, notice="Stopping the reply…").then(
+        lambda line: "Stopped." if str(line).startswith("Generating") else gr.skip(), stats, stats,
+        api_visibility="private", queue=False)
+    on_page_load(lambda: gr.update(maximum=context_cap(studio)), max_new)
     _register_api(studio, system_default)
     return {"chatbot": chatbot, "message": message, "send": send, "stop": stop, "regenerate": regenerate,
             "clear": clear, "stats": stats, "system_prompt": system, "temperature": temperature,
             "top_p": top_p, "max_new_tokens": max_new, "top_k": top_k, "repetition_penalty": repetition}
+
+
+def not_yet(notice: str) -> None:
+    """Say ``notice`` as a warning and end the event chain, leaving the chat as it was.
+
+    A plain ``gr.Error`` would also end the chain, but as a red error toast for what is only a
+    nudge; the hidden one ends it without a second message.
+    """
+    gr.Warning(notice, title="Nothing sent")
+    raise gr.Error(notice, visible=False, print_exception=False)
+
+
+def context_cap(studio: Studio) -> int:
+    """The most new tokens the chat model can give: its context window, once its config is on disk.
+
+    Until then the request's own limit (``MAX_NEW_TOKENS``) holds; either way the backend shortens
+    a reply that the window cannot hold after the prompt, and says so.
+    """
+    context = context_window(studio.registry.settings("stablelm"), studio.ctx)
+    return MAX_NEW_TOKENS if context is None else max(1, min(MAX_NEW_TOKENS, context))
 
 
 def gpu_seconds(message: Any, history: Any, system_prompt: Any, temperature: Any, top_p: Any,

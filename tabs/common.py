@@ -100,16 +100,24 @@ def on_page_load(fn: Callable[[], Any], outputs: Any) -> None:
     root.load(fn, None, outputs, api_visibility="private", queue=False, show_progress="hidden")
 
 
-def wire_stop(studio: Any, stop: gr.Button, events: list[Any]) -> None:
-    """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``."""
+def wire_stop(studio: Any, stop: gr.Button, events: list[Any],
+              notice: str = "Stopping after the current step…") -> Any:
+    """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``.
+
+    Args:
+        notice: what the user reads when a job was running (chat stops between tokens, not steps).
+
+    Returns:
+        The Stop event, for a tab to chain what it shows once the job was cancelled.
+    """
 
     def on_stop(request: gr.Request) -> None:
         if studio.stop_job(session_of(request)):
-            gr.Info("Stopping after the current step…")
+            gr.Info(notice)
 
     # Queued, but in its own unlimited group: gradio drops gr.Info from events outside the queue,
     # and Stop must never wait behind the GPU job it stops.
-    stop.click(on_stop, None, None, cancels=events, api_visibility="private", concurrency_limit=None)
+    return stop.click(on_stop, None, None, cancels=events, api_visibility="private", concurrency_limit=None)
 
 
 # ----- API endpoints that take a picture ----------------------------------------------------------

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 from backends.runtime.errors import ModelUnavailable
+from backends.runtime.tiny import MARKER as TINY_MARKER
 from backends.runtime.tiny import TinyModels
 
 logger = logging.getLogger(__name__)
@@ -195,6 +196,31 @@ def resolve_file(source: Source, filename: str, ctx: LoadContext) -> Path:
         ) from error
     logger.info("resolved %s in %.2f s", where, time.perf_counter() - started)
     return path
+
+
+def file_on_disk(source: Source, filename: str, ctx: LoadContext) -> Path | None:
+    """The local path of ``filename`` in ``source``'s folder if it is already on disk, else None.
+
+    Never downloads and never builds a tiny model: for questions asked when a page opens (a
+    config value for the UI), which must cost nothing and start nothing. A hub repo is looked up
+    in the cache with ``try_to_load_from_cache``; a tiny one only once it is built.
+    """
+    if source.repo.startswith(TINY_PREFIX):
+        name = source.repo[len(TINY_PREFIX):]
+        root = ctx.tiny.path(name, ctx.cache_dir) if name in ctx.tiny.names() else None
+        if root is None or not (root / TINY_MARKER).is_file():
+            return None
+    else:
+        root = Path(source.repo).expanduser()
+    if root.is_dir():
+        path = root / (source.subfolder or "") / filename
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(source.repo, f"{source.subfolder}/{filename}" if source.subfolder else filename,
+                                   cache_dir=str(ctx.models_dir) if ctx.models_dir is not None else None,
+                                   revision=source.revision)
+    return Path(found) if isinstance(found, str) else None
 
 
 def read_safetensors(source: Source, filename: str, ctx: LoadContext) -> tuple[dict[str, Any], dict[str, str], str]:

@@ -14,6 +14,7 @@ stream early (Gradio's cancel) exits ``manager.use``, so the model is idle again
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any, Iterator
 import torch
 
 from backends.runtime.errors import UnknownNameError
-from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
+from backends.runtime.loading import LoadContext, Source, file_on_disk, load_pretrained, torch_dtype
 from backends.runtime.memory import MemoryManager
 from backends.runtime.placement import Placement
 from backends.runtime.progress import ProgressFn
@@ -225,6 +226,27 @@ class StableLMBackend:
                     stats.prompt_tokens, count, stats.total_s, stats.tokens_per_s, stats.first_token_s,
                     stats.stop_reason)
         yield ChatChunk(text.flush(), pending, stats)
+
+
+def context_window(settings: StableLMSettings, ctx: LoadContext) -> int | None:
+    """The model's context window in tokens (prompt and reply together), read from files on disk only.
+
+    For the Chat tab's Max new tokens, asked when a page opens, which must never start a download
+    or a tiny build: ``config.json`` is read as JSON if it is on disk. Not through ``AutoConfig``:
+    a first ``from transformers import ...`` racing another thread's (a reply starting) fails with
+    ImportError in transformers 5.24. None means "not known yet" (not on disk, or no
+    ``max_position_embeddings`` in it).
+    """
+    path = file_on_disk(_config_source(settings.model), "config.json", ctx)
+    if path is None:
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.warning("cannot read %s: %s", path, error)
+        return None
+    context = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return context if isinstance(context, int) and context > 0 else None
 
 
 def _config_source(source: Source) -> Source:

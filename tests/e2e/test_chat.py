@@ -138,3 +138,58 @@ def test_clear_while_a_reply_streams_stops_it_and_empties_the_chat(checks: Brows
     cleared = next(i for i, text in enumerate(seen) if "Tell me a long story" not in text)
     came_back = [text for text in seen[cleared:] if "Tell me a long story" in text]
     checks.that(not came_back, f"the cleared reply came back {len(came_back)} times while it streamed on")
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(checks: BrowserChecks) -> None:
+    page = checks.on("chat").page
+    set_reply(checks, 8)
+    box = page.locator("#chat-message textarea")
+    box.click()
+    box.type("first line")
+    box.press("Shift+Enter")
+    box.type("second line")
+    checks.check(lambda: expect(box).to_have_value("first line\nsecond line", timeout=UI_TIMEOUT_MS))
+    checks.that(page.locator('#chat-bot [data-testid="user"]').count() == 0, "Shift+Enter sent the message")
+    box.press("Enter")
+    checks.shows(page.locator("#chat-stats"), "tokens/s", timeout=JOB_TIMEOUT_MS)
+    checks.check(lambda: expect(box).to_have_value("", timeout=UI_TIMEOUT_MS))
+    user = page.locator('#chat-bot [data-testid="user"]').last
+    checks.shows(user, "first line")
+    checks.shows(user, "second line")
+
+
+def test_an_empty_message_or_regenerate_is_a_notice_and_the_chat_stays_usable(checks: BrowserChecks) -> None:
+    page = checks.on("chat").page
+    box = page.locator("#chat-message textarea")
+    box.fill("   ")
+    box.press("Enter")
+    warning = page.locator(".toast-body.warning")
+    checks.shows(warning, "Message (message): is empty")
+    page.locator("#chat-regenerate").click()
+    checks.shows(warning, "Nothing to regenerate yet")
+    checks.that(page.locator(".toast-body.error").count() == 0, "a refused message showed a red error")
+    for element in ("#chat-bot", "#chat-message"):
+        checks.that(page.locator(f'{element} [data-testid="status-tracker"].error').count() == 0
+                    and "Error" not in page.locator(f'{element} [data-testid="status-tracker"]').all_inner_texts(),
+                    f"{element} shows gradio's Error pill after a refused message")
+    checks.screenshot("chat-empty-message", full_page=False)
+    set_reply(checks, 8)
+    send(checks, "Hello again")  # still usable: no × to find first
+    checks.shows(page.locator("#chat-stats"), "tokens/s", timeout=JOB_TIMEOUT_MS)
+    checks.shows(page.locator("#chat-bot"), "Hello again")
+
+
+def test_stop_speaks_of_the_reply_and_max_new_tokens_follows_the_context(checks: BrowserChecks) -> None:
+    page = checks.on("chat").page
+    panel = checks.panel()
+    checks.expand(panel, "Settings")
+    field = panel.get_by_label("number input for Max new tokens")
+    checks.check(lambda: expect(field).to_have_attribute("max", "1024", timeout=UI_TIMEOUT_MS))  # tiny model
+    set_reply(checks, LONGEST_REPLY)
+    send(checks, "Tell me a long story")
+    checks.shows(page.locator("#chat-stats"), "Generating", timeout=JOB_TIMEOUT_MS)
+    page.locator("#chat-stop").click()
+    toast = page.locator(".toast-body").filter(has_text="Stopping")
+    checks.shows(toast, "Stopping the reply")
+    checks.that("step" not in toast.first.inner_text(), f"the chat's Stop notice speaks of steps: {toast.first.inner_text()}")
+    checks.shows(page.locator("#chat-stats"), "Stopped.", timeout=JOB_TIMEOUT_MS)

@@ -54,3 +54,23 @@ def test_safetensors_beside_pickles_pass_and_weightless_folders_pass(tmp_path: P
     (tokenizer / "vocab.json").write_text("{}")
     refuse_pickle_only(tokenizer, "tokenizer")
     refuse_pickle_only(tmp_path / "absent", "absent")  # not a local folder: a hub id
+
+
+def test_file_on_disk_never_downloads_or_builds(tmp_path: Path, tiny_cache: Path) -> None:
+    """The UI asks it when a page opens: a file already here, else None, and nothing is started."""
+    from backends.families import TINY
+    from backends.runtime.loading import file_on_disk
+
+    fresh = load_context(tmp_path / "cache", models_dir=tmp_path / "hub", offline=False)
+    assert file_on_disk(Source("tiny:stablelm"), "config.json", fresh) is None
+    assert not (tmp_path / "cache" / "tiny").exists()  # asking built nothing
+    built = TINY.ensure("stablelm", tiny_cache)
+    assert file_on_disk(Source("tiny:stablelm"), "config.json", load_context(tiny_cache)) == built / "config.json"
+    assert file_on_disk(Source("tiny:nope"), "config.json", fresh) is None
+    # A hub repo that is not cached: None at once, no network (the hub client would retry ~27 s).
+    assert file_on_disk(Source("stabilityai/stablelm-2-zephyr-1_6b"), "config.json", fresh) is None
+    local = tmp_path / "local" / "model"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text("{}")
+    assert file_on_disk(Source(str(tmp_path / "local"), "model"), "config.json", fresh) == local / "config.json"
+    assert file_on_disk(Source(str(tmp_path / "local"), "model"), "missing.json", fresh) is None
