@@ -28,6 +28,7 @@ TAB_TITLES = {"image": "Image", "variation": "Variation / img2img", "video": "Vi
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 #: Uploads above this are refused before they reach a handler (LAN users share one machine).
 MAX_UPLOAD = "25mb"
+AUTH_MESSAGE = "Cascade Studio: log in with the user and password from the console or --auth."
 
 
 def _env_flag(environ: Mapping[str, str], name: str, parser: argparse.ArgumentParser) -> bool:
@@ -44,7 +45,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=env("STUDIO_PRESET", "auto"),
                         help="lite, bf16, full, cpu, tiny, a name in presets/user/, or auto (default: from VRAM)")
     parser.add_argument("--listen", action="store_true", default=_env_flag(environ, "STUDIO_LISTEN", parser),
-                        help="serve on 0.0.0.0 for the LAN (auth required)")
+                        help="serve on 0.0.0.0 for the LAN; a login is required, even with --host 127.0.0.1 "
+                             "(a proxy on this machine may pass others in), unless --no-auth")
     parser.add_argument("--host", default=env("STUDIO_HOST"), help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(env("STUDIO_PORT")) if env("STUDIO_PORT") else None,
                         help="port (default 7860 or the next free one)")
@@ -129,10 +131,16 @@ def resolve_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
 
     Other machines reach it through a non-loopback address (``--listen``, ``--host``) or through a
     ``--share`` link, which is public on the internet: both get a generated password by default.
+    ``--listen`` always promises a login, even with ``--host 127.0.0.1``: only this machine can
+    connect then, but a reverse proxy on it may be what the LAN reaches, and the console says so.
     """
     if args.auth_pairs:
         return args.auth_pairs
-    reachable = _exposed(args.host) or args.share
+    reachable = _exposed(args.host) or args.share or args.listen
+    if args.listen and not args.no_auth and not (_exposed(args.host) or args.share):
+        logger.warning("--listen with --host %s: only this machine can connect, but a login is asked for "
+                       "anyway, since a proxy here may pass other machines in (--no-auth turns it off)",
+                       args.host)
     if not reachable or args.no_auth:
         if args.no_auth and reachable:
             where = "through a public share link" if args.share else f"on {args.host}"
@@ -251,16 +259,19 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     ``studio`` lets tests keep the Studio they serve, to arm faults or count loads; the app
     itself always builds its own from ``args``.
     """
+    from tabs import web_guard
+
     studio = studio if studio is not None else build_studio(args)
     demo = build_ui(studio, args.tabs)
     demo.queue(default_concurrency_limit=4)
     auth = resolve_auth(args)
+    # Login on every route, a failed-login throttle, named missing API inputs (tabs/web_guard.py).
+    guards = web_guard.middleware(demo, AUTH_MESSAGE)
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port, auth=auth, share=args.share,
         allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),
         max_file_size=MAX_UPLOAD,
-        prevent_thread_lock=True, quiet=True,
-        auth_message="Cascade Studio: log in with the user and password from the console or --auth.")
+        prevent_thread_lock=True, quiet=True, auth_message=AUTH_MESSAGE, app_kwargs={"middleware": guards})
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
     if _exposed(args.host):
         port = demo.server_port

@@ -2,13 +2,19 @@
 
 Every check runs against the real app in-process, so the login gradio enforces is the one tested:
 the config, the API description, uploads, the queue, the one-shot call API, files and
-gradio_client's own login all have to refuse a stranger and a wrong password.
+gradio_client's own login all have to refuse a stranger and a wrong password. Failed logins are
+throttled per client address (``tabs/web_guard.LOGIN_LIMIT``, 5 a minute), so the sessions below
+come from addresses of their own in 127.0.0.0/8, as separate machines would; Linux answers on the
+whole block.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -17,16 +23,31 @@ import httpx
 import psutil
 import pytest
 from gradio_client import Client
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 import app
+from tabs.web_guard import LoginRequired
 
 #: A string only the app's own page carries (the header Markdown), never gradio's login page.
 APP_TEXT = "Stable Cascade weights are licensed"
+#: Loopback addresses handed to sessions in turn (127.0.0.10 and up), one per session.
+SOURCES = (f"127.0.{n // 250}.{10 + n % 250}" for n in itertools.count())
 
 
-def login(url: str, user: str, password: str) -> httpx.Client:
+def from_address(url: str, address: str | None = None) -> httpx.Client:
+    """An HTTP session whose connections come from ``address`` (by default one no other uses)."""
+    return httpx.Client(base_url=url, timeout=30,
+                        transport=httpx.HTTPTransport(local_address=address or next(SOURCES)))
+
+
+def login(url: str, user: str, password: str, address: str | None = None) -> httpx.Client:
     """An HTTP session that has posted the login form (its cookie is kept when it succeeds)."""
-    session = httpx.Client(base_url=url, timeout=30)
+    session = from_address(url, address)
     session.post("/login", data={"username": user, "password": password})
     return session
 
@@ -138,9 +159,95 @@ def test_without_listen_it_binds_loopback_only(launch_app: Callable[..., str]) -
     ([], {}, False),
     (["--host", "localhost"], {}, False),
     (["--host", "127.0.0.2"], {}, False),
+    (["--listen", "--host", "127.0.0.1"], {}, True),  # --listen promises a login, even on loopback
+    (["--listen", "--host", "localhost"], {}, True),
+    (["--listen", "--host", "127.0.0.1", "--no-auth"], {}, False),
 ])
 def test_every_way_to_be_reachable_needs_a_login(argv: list[str], environ: dict[str, str], needs_login: bool,
                                                  tally: Any) -> None:
     auth = app.resolve_auth(app.parse_args(argv, environ=environ))
     assert bool(auth) == needs_login, auth
     tally.add("security", "reachable needs login", attempts=1, refused=int(bool(auth) == needs_login))
+
+
+def test_listen_on_loopback_asks_for_a_login_and_says_why(launch_app: Callable[..., str],
+                                                          caplog: pytest.LogCaptureFixture, tally: Any) -> None:
+    with caplog.at_level(logging.INFO, logger="cascade_studio"):
+        url = launch_app("--listen", "--host", "127.0.0.1")
+    assert "--listen with --host 127.0.0.1: only this machine can connect, but a login is asked for" in caplog.text
+    printed = re.search(r"User: (\S+)\s+Password: (\S+)", caplog.text)
+    assert printed, "the generated password must be printed in the console"
+    assert bound_addresses(url) == {"127.0.0.1"} and "On your network" not in caplog.text
+    assert_refused(url, tally, "listen on loopback: no login")
+    assert APP_TEXT in login(url, *printed.groups()).get("/").text
+
+
+def test_failed_logins_are_throttled_per_address(launch_app: Callable[..., str],
+                                                 caplog: pytest.LogCaptureFixture, tally: Any) -> None:
+    """The sixth wrong try in a row from one address is refused with 429, a right one from there
+    too until the window passes; another address logs in at once, and parallel tries cannot
+    outrun the count."""
+    with caplog.at_level(logging.INFO, logger="tabs.web_guard"):
+        url = launch_app("--listen", "--auth", "alice:s3cret")
+    guesser, other = next(SOURCES), next(SOURCES)
+    with from_address(url, guesser) as http:
+        started = time.monotonic()
+        for _ in range(5):
+            assert http.post("/login", data={"username": "alice", "password": "guess"}).status_code == 400
+        assert time.monotonic() - started < 10  # the first five are not slowed down
+        for password in ("guess", "s3cret"):  # the sixth, wrong or right, is not even checked
+            refused = http.post("/login", data={"username": "alice", "password": password})
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["detail"].startswith(f"Too many failed logins from {guesser}: at most 5 a minute")
+            assert 0 < int(refused.headers["retry-after"]) <= 60
+            assert "access-token" not in refused.headers.get("set-cookie", "")
+            tally.add("security", "throttle: sixth login", attempts=1, refused=1)
+        assert http.get("/config").status_code == 401
+    assert f"failed logins from {guesser} reached 5 a minute" in caplog.text
+
+    with from_address(url, other) as http:  # another machine is not slowed down
+        assert http.post("/login", data={"username": "alice", "password": "s3cret"}).status_code == 200
+        assert http.get("/config").status_code == 200
+    assert Client(url, auth=("alice", "s3cret"), verbose=False).predict(api_name="/status")["preset"] == "tiny"
+
+    burst = next(SOURCES)  # twenty guesses at once still get five answers
+
+    def guess(_: int) -> int:
+        with from_address(url, burst) as http:
+            return http.post("/login", data={"username": "alice", "password": "guess"}).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        codes = list(pool.map(guess, range(20)))
+    assert sorted(codes) == [400] * 5 + [429] * 15, codes
+    tally.add("security", "throttle: parallel guesses", attempts=len(codes), refused=codes.count(429))
+
+
+class FakeGradioApp(Starlette):
+    """What ``LoginRequired`` reads of gradio's App: its logins, tokens and cookie name."""
+
+    auth = {"alice": "right"}
+    tokens: dict[str, str] = {}
+    cookie_id = "test"
+
+
+async def fake_login(request: Request) -> JSONResponse:
+    """gradio 6.31's answers: 200 for the right password, 400 for a wrong one."""
+    form = await request.form()
+    right = form.get("password") == FakeGradioApp.auth.get(str(form.get("username")))
+    return JSONResponse({"success": True} if right else {"detail": "Incorrect credentials."},
+                        status_code=200 if right else 400)
+
+
+def test_the_throttle_forgets_failures_once_they_leave_its_window() -> None:
+    guarded = FakeGradioApp(routes=[Route("/login", fake_login, methods=["POST"])],
+                            middleware=[Middleware(LoginRequired, auth_message="log in",
+                                                   login_limit="2 per 2 seconds")])
+    guesser, other = TestClient(guarded, client=("10.0.0.7", 5000)), TestClient(guarded, client=("10.0.0.8", 5000))
+    wrong, right = {"username": "alice", "password": "wrong"}, {"username": "alice", "password": "right"}
+    assert [guesser.post("/login", data=wrong).status_code for _ in range(3)] == [400, 400, 429]
+    assert guesser.post("/login", data=right).status_code == 429
+    assert other.post("/login", data=right).status_code == 200
+    time.sleep(int(guesser.post("/login", data=right).headers["retry-after"]) + 0.1)
+    assert guesser.post("/login", data=right).status_code == 200
+    assert guesser.post("/login", data=wrong).status_code == 400  # counting starts again
+    assert guesser.get("/anything").status_code == 401  # and every other route needs the login

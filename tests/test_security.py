@@ -7,13 +7,22 @@ raw ``..``, encoded and double-encoded dots and slashes, backslashes, absolute p
 URLs back to the server itself, and symlinks placed inside the outputs and the upload cache that
 point at a secret outside them. Requests go out through ``http.client`` because httpx would
 normalise the ``..`` segments away before they reach the server.
+
+With a login set, every route but the login page and its files refuses a caller without the login
+cookie (``tabs/web_guard.LoginRequired``): the routes are read from the app's own route table, so a
+route a new gradio adds is probed too. ``/gradio_api/cancel`` and ``/gradio_api/reset``, which
+gradio 6.31 leaves open, are tried with no cookie, a forged one and a logged-out one.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import http.client
+import json
+import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,6 +43,14 @@ SOURCES = [ROOT / "app.py", *sorted((ROOT / "tabs").rglob("*.py")), *sorted((ROO
            *sorted((ROOT / "bench").rglob("*.py"))]
 #: gradio's own figure for ``max_file_size="25mb"`` (its units are binary: 1 MB = 1024² bytes).
 LIMIT_BYTES = 25 * 1024 * 1024
+USER, PASSWORD = "alice", f"s3cret-{secrets.token_hex(4)}"
+#: What a caller without the login may load: the login page, what it needs to render (measured in
+#: Chromium) and submit, the icons browsers ask for, and the queue's start-up call ``launch()`` makes.
+PUBLIC_ROUTES = {("GET", "/"), ("HEAD", "/"), ("POST", "/login"), ("POST", "/login/"), ("GET", "/theme.css"),
+                 ("GET", "/gradio_api/theme.css"), ("GET", "/assets/{path}"), ("GET", "/static/{path}"),
+                 ("GET", "/svelte/{path}"), ("GET", "/favicon.ico"), ("GET", "/manifest.json"),
+                 ("GET", "/robots.txt"), ("GET", "/pwa_icon"), ("GET", "/pwa_icon/{size}"),
+                 ("GET", "/gradio_api/startup-events")}
 
 
 @dataclass
@@ -290,3 +307,130 @@ def test_no_trust_remote_code_anywhere(tally: Any) -> None:
         tally.add("security", "trust_remote_code", attempts=1, refused=1)
     for preset in (ROOT / "presets").rglob("*.yaml"):
         assert "trust_remote_code" not in preset.read_text(encoding="utf-8"), preset
+
+
+@dataclass
+class Guarded:
+    """A served app with a login (``--auth``), and its Studio."""
+
+    url: str
+    studio: Any
+
+
+@pytest.fixture(scope="module")
+def guarded(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    with serve_tiny(models_dir, tmp_path_factory.mktemp("guarded"), "--auth", f"{USER}:{PASSWORD}") as (studio, url):
+        yield Guarded(url, studio)
+
+
+@contextlib.contextmanager
+def logged_in_session(url: str) -> Iterator[httpx.Client]:
+    """An HTTP session that holds the login cookie; closed on leaving."""
+    with httpx.Client(base_url=url, timeout=60) as session:
+        assert session.post("/login", data={"username": USER, "password": PASSWORD}).status_code == 200
+        yield session
+
+
+def assert_not_authenticated(response: httpx.Response) -> None:
+    request = response.request
+    assert response.status_code == 401, (request.method, request.url, response.status_code, response.text[:200])
+    if request.method != "HEAD":  # a HEAD answer has no body
+        assert response.json()["detail"]["error"] == "Not authenticated"
+
+
+def test_cancel_and_reset_need_the_login(guarded: Guarded, tally: Any) -> None:
+    cancel = {"session_hash": "someone-else", "fn_index": 0, "event_id": "their-job"}
+    calls = [("gradio_api/cancel", cancel), ("gradio_api/reset", {"event_id": "their-job"}),
+             ("gradio_api/reset/", {"event_id": "their-job"})]
+    with logged_in_session(guarded.url) as session:
+        token = dict(session.cookies)
+        for route, body in calls:
+            assert session.post(route, json=body).json() == {"success": True}  # with the login: as before
+        session.get("/logout", follow_redirects=False)
+    forged = {name: "forged-token" for name in token}
+    for cookies in ({}, forged, token):  # none, forged, and that of a session that logged out
+        for route, body in calls:
+            assert_not_authenticated(httpx.post(f"{guarded.url}{route}", json=body, cookies=cookies, timeout=30))
+            tally.add("security", f"login: POST /{route}", attempts=1, refused=1)
+
+
+def chat_events(session: httpx.Client, session_hash: str) -> Iterator[dict[str, Any]]:
+    """The queue's messages for one browser-style session, as they come."""
+    with session.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                yield json.loads(line[len("data:"):])
+
+
+def test_a_logged_in_client_cancels_its_own_job_and_a_stranger_cannot(guarded: Guarded) -> None:
+    with logged_in_session(guarded.url) as owner:
+        chat = next(d["id"] for d in owner.get("/config").json()["dependencies"] if d.get("api_name") == "chat")
+        session_hash = secrets.token_hex(6)
+        # The browser's call: all eight inputs of the event, its two State values included.
+        job = owner.post("/gradio_api/queue/join", json={
+            "data": ["Tell me a long story", [], "", 0, 1.0, 900, None, None], "fn_index": chat,
+            "session_hash": session_hash}).json()["event_id"]
+        cancel = {"session_hash": session_hash, "fn_index": chat, "event_id": job}
+        generating, cancelled_at, last = 0, 0.0, {}
+        for message in chat_events(owner, session_hash):
+            if message["msg"] == "process_generating":
+                generating += 1
+                if generating == 3:  # a stranger who knows the ids is refused, and the job goes on
+                    assert_not_authenticated(httpx.post(f"{guarded.url}gradio_api/cancel", json=cancel, timeout=30))
+                if generating == 6:
+                    stop = httpx.post(f"{guarded.url}gradio_api/cancel", json=cancel, cookies=dict(owner.cookies),
+                                      timeout=30)
+                    assert stop.status_code == 200 and stop.json() == {"success": True}
+                    cancelled_at = time.monotonic()
+            if message["msg"] == "process_completed":
+                last = message
+                break
+    assert generating >= 6, "the job stopped before its owner cancelled it"
+    # gradio ends a cancelled job with an empty output; a finished one carries the reply.
+    assert last["success"] and last["output"] == {}, last
+    assert time.monotonic() - cancelled_at < 10
+    deadline = time.monotonic() + 10
+    while guarded.studio.manager.component("stablelm.model").in_use and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert guarded.studio.manager.component("stablelm.model").in_use == 0
+
+
+def routes(session: httpx.Client) -> set[tuple[str, str]]:
+    """(method, path) of every route of the app, from FastAPI's own table (``/openapi.json``)."""
+    paths = session.get("/openapi.json").json()["paths"]
+    return {(method.upper(), path) for path, item in paths.items() for method in item
+            if method in ("get", "head", "post", "put", "patch", "delete")} | {("GET", "/openapi.json")}
+
+
+def test_every_route_but_the_login_page_needs_the_login(guarded: Guarded, tally: Any) -> None:
+    with logged_in_session(guarded.url) as session:
+        table = routes(session)
+    assert {("POST", "/gradio_api/cancel"), ("POST", "/gradio_api/reset"), ("GET", "/config")} <= table
+    assert len(table) > 60
+    assert {("GET", "/"), ("POST", "/login")} <= PUBLIC_ROUTES & table
+    answered = []
+    with httpx.Client(base_url=guarded.url, timeout=30) as stranger:
+        for method, path in sorted(table):
+            target = re.sub(r"\{[^}]+\}", "x", path)
+            response = stranger.request(method, target, json={} if method != "GET" else None)
+            if (method, path) in PUBLIC_ROUTES:
+                # Gradio's own files and the login form: nothing of the app, nor its API.
+                assert "Stable Cascade weights are licensed" not in response.text
+                assert "negative_prompt" not in response.text and "generate_image" not in response.text
+                answered.append(target)
+                continue
+            assert_not_authenticated(response)
+            tally.add("security", "login: every route", attempts=1, refused=1)
+    assert "/" in answered
+    with logged_in_session(guarded.url) as session:  # the login page's API description is only for users
+        assert "negative_prompt" in session.get("/").text
+
+
+def test_raw_api_checks_come_after_the_login(guarded: Guarded) -> None:
+    """A stranger's short call is refused for the login, not answered with the endpoint's inputs."""
+    response = httpx.post(f"{guarded.url}gradio_api/call/generate_image", json={"data": []}, timeout=30)
+    assert_not_authenticated(response)
+    assert "negative_prompt" not in response.text
+    with logged_in_session(guarded.url) as session:
+        response = session.post("gradio_api/call/generate_image", json={"data": []})
+    assert response.status_code == 422 and "negative_prompt" in response.json()["error"]
