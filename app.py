@@ -259,7 +259,7 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     ``studio`` lets tests keep the Studio they serve, to arm faults or count loads; the app
     itself always builds its own from ``args``.
     """
-    from tabs import web_guard
+    from tabs import keys, web_guard
 
     studio = studio if studio is not None else build_studio(args)
     demo = build_ui(studio, args.tabs)
@@ -271,7 +271,8 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
         server_name=args.host, server_port=args.port, auth=auth, share=args.share,
         allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),
         max_file_size=MAX_UPLOAD,
-        prevent_thread_lock=True, quiet=True, auth_message=AUTH_MESSAGE, app_kwargs={"middleware": guards})
+        prevent_thread_lock=True, quiet=True, auth_message=AUTH_MESSAGE, app_kwargs={"middleware": guards},
+        js=keys.SHORTCUTS_JS)  # Ctrl+Enter generates, Esc stops (tabs/keys.py)
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
     if _exposed(args.host):
         port = demo.server_port
