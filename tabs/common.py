@@ -29,14 +29,29 @@ GPU_QUEUE = dict(concurrency_id="gpu", concurrency_limit=1)
 FILE_DATA = {"_type": "gradio.FileData"}
 
 
+class Stopped(Exception):
+    """The user pressed Stop and the job ended at a step boundary, saving nothing.
+
+    Not a failure: ``user_errors`` has already said so in a neutral notice, and the handler ends
+    quietly (a generator returns, a plain handler returns ``gr.skip()`` for its outputs), so no
+    red toast or "Error" pill appears and the previous result stays where it was.
+    """
+
+
 def user_errors(what: str, work: Callable[[], T]) -> T:
-    """Run ``work``; turn every failure into a ``gr.Error`` whose message reaches API clients."""
+    """Run ``work``; turn every failure into a ``gr.Error`` whose message reaches API clients.
+
+    Raises:
+        Stopped: the user pressed Stop (after a neutral "Stopped" notice); the caller ends quietly.
+        gr.Error: any failure, with the user-facing message.
+    """
     try:
         return work()
     except gr.Error:
         raise
     except Cancelled as error:
-        raise gr.Error(str(error), title="Stopped") from error
+        gr.Info(str(error), title="Stopped")
+        raise Stopped(str(error)) from error
     except StudioError as error:
         logger.info("%s failed: %s", what, error)
         raise gr.Error(str(error)) from error

@@ -18,7 +18,7 @@ import gradio as gr
 from backends.cascade.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TextToImageRequest
 from backends.runtime.studio import Studio
 from tabs.common import GPU_QUEUE, on_gpu, on_page_load, standalone, wire_stop
-from tabs.streaming import image_job
+from tabs.streaming import image_job, wire_result_restore
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def build(studio: Studio) -> dict[str, Any]:
 
     gallery.select(on_select, info, selected, api_visibility="private", queue=False)
 
-    wire_stop(studio, stop, [event])
+    wire_result_restore(wire_stop(studio, stop, [event]), [event], gallery, info)
     return {"selected_image": selected, "send_row": send_row}
 
 

@@ -25,7 +25,7 @@ from PIL import Image
 
 from backends.runtime.previews import WithPreviews
 from backends.runtime.studio import Studio
-from tabs.common import gradio_progress, session_of, user_errors
+from tabs.common import Stopped, gradio_progress, session_of, user_errors
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ def run_job(studio: Studio, session: str, task: str, request: Any, progress: gr.
 
     Raises:
         gr.Error: the job failed; the message is the user-facing one (``user_errors``).
+        Stopped: the user pressed Stop (``user_errors`` said so already).
     """
     control = studio.start_job(session)
     report = control.wrap(gradio_progress(progress))
@@ -113,13 +114,46 @@ def image_job(studio: Studio, task: str, build: Callable[[], Any], previews: Any
     job = user_errors(what, build)
     every = studio.preset.settings.cascade.defaults.preview_every
     result = None
-    for item in run_job(studio, session, task, job, progress, previews=bool(previews), every=every, what=what):
-        if isinstance(item, Preview):
-            caption = f"preview: stage C step {item.step}/{item.total}"
-            yield [(image, caption) for image in item.images], gr.skip()
-        else:
-            result = item
+    try:
+        for item in run_job(studio, session, task, job, progress, previews=bool(previews), every=every,
+                            what=what):
+            if isinstance(item, Preview):
+                yield [(image, f"{PREVIEW_CAPTION}{item.step}/{item.total}") for image in item.images], gr.skip()
+            else:
+                result = item
+    except Stopped:
+        return  # nothing to save; the tab's Stop chain puts the previous result back (restore_result)
     info = {**result.info, "seed": job.seed, "preset": studio.preset.name}
     paths = user_errors(what, lambda: studio.outputs.save_images(result.images, {**job.as_dict(), **info}))
     info["files"] = [str(p) for p in paths]
-    yield [(str(p), f"seed {job.seed} #{i + 1}") for i, p in enumerate(paths)], info
+    yield result_gallery(info), info
+
+
+#: Captions of live previews; a gallery showing one holds no result.
+PREVIEW_CAPTION = "preview: stage C step "
+
+
+def result_gallery(info: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+    """The gallery items of a finished job from its info (saved files, seed), as the job showed them."""
+    files = (info or {}).get("files")
+    if not isinstance(files, list):
+        return None
+    return [(str(path), f"seed {info['seed']} #{i + 1}") for i, path in enumerate(files)]
+
+
+def wire_result_restore(stop_event: Any, events: list[Any], gallery: gr.Gallery, info: gr.JSON) -> None:
+    """Keep each finished result, and put it back after Stop in place of live previews.
+
+    A stopped job saves nothing and its event is cancelled, so with previews on the gallery would
+    go on showing the last preview as if it were the result. The last result lives in a State
+    (never an API input) and comes back once Stop's cancel is done.
+    """
+    kept = gr.State(None)
+    for event in events:
+        event.then(result_gallery, info, kept, api_visibility="private", queue=False)
+
+    def restore(shown: list[Any] | None, previous: list[Any] | None) -> Any:
+        previewing = any(str(caption or "").startswith(PREVIEW_CAPTION) for _, caption in shown or [])
+        return (previous or []) if previewing else gr.skip()
+
+    stop_event.then(restore, [gallery, kept], gallery, api_visibility="private", queue=False)

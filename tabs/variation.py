@@ -35,7 +35,7 @@ from tabs.common import (
     user_errors,
     wire_stop,
 )
-from tabs.streaming import image_job
+from tabs.streaming import image_job, wire_result_restore
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def build(studio: Studio) -> dict[str, Any]:
         api_endpoint(img2img_api, img2img_seconds, [api_image, prompt, negative, strength, width, height, seed],
                      [gallery, info], "img2img"),
     ]
-    wire_stop(studio, stop, events)
+    wire_result_restore(wire_stop(studio, stop, events), events[:2], gallery, info)  # the tab's own two
     return {"image": image}
 
 

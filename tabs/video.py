@@ -28,6 +28,7 @@ from backends.runtime.studio import Studio
 from backends.svd.requests import FITS, MAX_FPS, MAX_FRAMES, MAX_STEPS, MIN_FPS, VideoRequest, prepare_image
 from tabs.common import (
     GPU_QUEUE,
+    Stopped,
     api_endpoint,
     api_file_input,
     gradio_progress,
@@ -63,7 +64,10 @@ def generate(studio: Studio, inputs: list[Any], fit: str, gif: bool, request: gr
         info["files"] = {kind: str(path) for kind, path in paths.items()}
         return str(paths["video"]), info
 
-    return user_errors("Video generation", work)
+    try:
+        return user_errors("Video generation", work)
+    except Stopped:
+        return gr.skip(), gr.skip()  # the previous video stays; nothing was saved
 
 
 def preview(studio: Studio, image: Any, fit: str) -> Image.Image | None:

@@ -68,3 +68,27 @@ def test_recent_outputs_are_listed_again_after_a_reload(checks: BrowserChecks) -
     history = page.locator("#image-history")
     checks.visible(history.locator(f'img[src$="/{name}"]').first)
     checks.image(history.locator(f'img[src$="/{name}"]').first)
+
+
+def test_stop_is_not_a_failure_and_the_previous_result_stays(checks: BrowserChecks) -> None:
+    """Stop mid-job with live previews on: a neutral notice, no Error pill, and the gallery shows
+    the previous result again instead of the last preview."""
+    page = checks.on("image").page
+    generate_image(checks, "a red lighthouse on a cliff")
+    gallery = page.locator("#image-gallery")
+    before = gallery.inner_text()
+    panel = checks.panel()
+    panel.get_by_label("Live previews").check()
+    checks.expand(panel, "Advanced")
+    checks.fill(panel.get_by_label("Stage C steps", exact=True), "100")
+    page.locator("#image-generate").click()
+    checks.shows(gallery, PREVIEW, timeout=JOB_TIMEOUT_MS)
+    page.locator("#image-stop").click()
+    checks.shows(page.locator(".toast-body.info").filter(has_text="Stopped").first, "nothing was saved",
+                 timeout=JOB_TIMEOUT_MS)
+    checks.check(lambda: expect(gallery).not_to_contain_text("preview:", timeout=UI_TIMEOUT_MS))
+    checks.shows(gallery, re.compile(re.escape(before.strip().splitlines()[0]) if before.strip() else "seed"))
+    checks.that(page.locator(".toast-body.error").count() == 0, "Stop showed a red error")
+    tracker = gallery.locator('[data-testid="status-tracker"]')
+    checks.that("Error" not in " ".join(tracker.all_inner_texts()), "Stop left an Error pill on the gallery")
+    checks.screenshot("image-stopped", full_page=False)
