@@ -210,6 +210,7 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
     import gradio as gr
 
     from tabs import system
+    from tabs.common import end_jobs_with_the_page
 
     preset = studio.preset
     with gr.Blocks(title="Cascade Studio") as demo:
@@ -223,6 +224,7 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
                     handles[name] = importlib.import_module(f"tabs.{name}").build(studio) or {}
         _wire_send_to(handles, tab_set)
         system.register_api(studio)
+        end_jobs_with_the_page(studio, demo)
     return demo
 
 
@@ -266,7 +268,7 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     demo.queue(default_concurrency_limit=4)
     auth = resolve_auth(args)
     # Login on every route, a failed-login throttle, named missing API inputs (tabs/web_guard.py).
-    guards = web_guard.middleware(demo, AUTH_MESSAGE)
+    guards = web_guard.middleware(demo, AUTH_MESSAGE, on_cancel=studio.stop_job)
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port, auth=auth, share=args.share,
         allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),

@@ -115,6 +115,20 @@ def on_page_load(fn: Callable[[], Any], outputs: Any) -> None:
     root.load(fn, None, outputs, api_visibility="private", queue=False, show_progress="hidden")
 
 
+def end_jobs_with_the_page(studio: Any, blocks: gr.Blocks) -> None:
+    """A page that closes or reloads stops its running job at the next step; nothing is saved.
+
+    gradio runs ``unload`` events when a page's heartbeat connection drops. Without this the job
+    ran on to its end, saved a result nobody would see, and the next job waited behind it.
+    """
+
+    def on_unload(request: gr.Request) -> None:
+        if studio.stop_job(session_of(request)):
+            logger.info("a page closed during its job: stopping it at the next step")
+
+    blocks.unload(on_unload)
+
+
 def wire_stop(studio: Any, stop: gr.Button, events: list[Any],
               notice: str = "Stopping after the current step…") -> Any:
     """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``.

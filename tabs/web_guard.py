@@ -77,14 +77,21 @@ KEYWORD_CALL = re.compile(r"/gradio_api/call/v2/(?P<name>[^/]+)/?")
 API_BODY_LIMIT = 4 * 1024 * 1024
 
 
-def middleware(blocks: Any, auth_message: str, login_limit: str = LOGIN_LIMIT) -> list[Middleware]:
+def middleware(blocks: Any, auth_message: str, login_limit: str = LOGIN_LIMIT,
+               on_cancel: Callable[[str], Any] | None = None) -> list[Middleware]:
     """The guards for ``launch(app_kwargs={"middleware": ...})``, outermost first.
 
     The login check comes first, so that the input check never tells a stranger an endpoint's
-    input names.
+    input names, and only a logged-in caller's cancel reaches ``on_cancel``.
+
+    Args:
+        on_cancel: called with the session of each call of gradio's cancel route (the Studio's
+            ``stop_job``), so that a cancelled job stops at its next step (``CancelStopsJob``).
     """
-    return [Middleware(LoginRequired, auth_message=auth_message, login_limit=login_limit),
-            Middleware(ApiInputCheck, blocks=blocks)]
+    guards = [Middleware(LoginRequired, auth_message=auth_message, login_limit=login_limit)]
+    if on_cancel is not None:
+        guards.append(Middleware(CancelStopsJob, on_cancel=on_cancel))
+    return [*guards, Middleware(ApiInputCheck, blocks=blocks)]
 
 
 def logged_in(app: Any, request: Request) -> bool:
@@ -203,6 +210,40 @@ class LoginRequired:
                 else:
                     logger.warning("failed logins from %s reached %s: its logins are refused for %d s",
                                    address, self.throttle.describe(), self.throttle.retry_after(address))
+
+
+#: Gradio's cancel route: ``{"session_hash", "fn_index", "event_id"}`` (gradio_client's
+#: ``job.cancel()``, and the page's own for events in a button's ``cancels``).
+CANCEL = re.compile(r"/gradio_api/cancel/?")
+
+
+class CancelStopsJob:
+    """ASGI middleware: gradio's cancel route also stops the session's job at its next step.
+
+    gradio 6.31's cancel ends the event's asyncio task, but a handler runs in a worker thread
+    that nothing can interrupt, so the job ran to its end, saved its result and held the GPU
+    queue (25.8 s measured for the next job). The session's Stop flag ends it at the next step,
+    saving nothing, as the Stop button does.
+    """
+
+    def __init__(self, app: ASGIApp, on_cancel: Callable[[str], Any]) -> None:
+        self.app = app
+        self.on_cancel = on_cancel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = Request(scope).headers.get("content-length", "") if scope["type"] == "http" else ""
+        if (scope["type"] != "http" or scope["method"] != "POST" or CANCEL.fullmatch(scope["path"]) is None
+                or not length.isdigit() or int(length) > API_BODY_LIMIT):
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive, int(length))
+        try:
+            session = json.loads(body or b"").get("session_hash")
+        except (ValueError, AttributeError):
+            session = None
+        if isinstance(session, str) and session and self.on_cancel(session):
+            logger.info("cancel of session %s…: its job stops at the next step", session[:8])
+        await self.app(scope, replay(body or b"", receive), send)
 
 
 class ApiInputCheck:

@@ -109,6 +109,11 @@ class Studio:
         control.cancel()
         return True
 
+    def running_sessions(self) -> list[str]:
+        """The sessions whose job is running now (for tests and logs)."""
+        with self._jobs_lock:
+            return list(self._jobs)
+
     def finish_job(self, session: str, control: JobControl) -> None:
         with self._jobs_lock:
             if self._jobs.get(session) is control:
