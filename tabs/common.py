@@ -38,6 +38,29 @@ class Stopped(Exception):
     """
 
 
+#: The on-screen label of each API field, so that a refusal names the field as the user sees it
+#: and as a script sends it: "Stage C steps (prior_steps): must be between 1 and 100, got 1000".
+#: Fields a tab labels its own way share the most general wording ("Input picture").
+FIELD_LABELS: dict[str, str] = {
+    "prompt": "Prompt", "negative_prompt": "Negative prompt", "width": "Width", "height": "Height",
+    "prior_steps": "Stage C steps", "decoder_steps": "Stage B steps", "prior_guidance": "Stage C guidance",
+    "decoder_guidance": "Stage B guidance", "num_images": "Images", "seed": "Seed", "image": "Input picture",
+    "strength": "Strength", "num_frames": "Frames", "fps": "FPS", "motion_bucket_id": "Motion",
+    "noise_aug_strength": "Noise augmentation", "steps": "Steps", "decode_chunk_size": "Decode chunk",
+    "fit": "Fit to the model size", "variant": "Variant", "elevation_deg": "Elevation (degrees)", "path": "Path",
+    "elevation_end_deg": "Elevation opposite the input view", "message": "Message", "history": "Chat history",
+    "system_prompt": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
+    "max_new_tokens": "Max new tokens", "top_k": "Top-k", "repetition_penalty": "Repetition penalty",
+    "name": "Component",
+}
+
+
+def labelled(error: InputError) -> str:
+    """The refusal with the field's on-screen label before its API name (``history[2]`` -> "Chat history")."""
+    label = FIELD_LABELS.get(error.field.split("[", 1)[0])
+    return str(error) if label is None else f"{label} ({error.field}): {error.detail}"
+
+
 def user_errors(what: str, work: Callable[[], T]) -> T:
     """Run ``work``; turn every failure into a ``gr.Error`` whose message reaches API clients.
 
@@ -52,6 +75,9 @@ def user_errors(what: str, work: Callable[[], T]) -> T:
     except Cancelled as error:
         gr.Info(str(error), title="Stopped")
         raise Stopped(str(error)) from error
+    except InputError as error:
+        logger.info("%s refused: %s", what, error)
+        raise gr.Error(labelled(error)) from error
     except StudioError as error:
         logger.info("%s failed: %s", what, error)
         raise gr.Error(str(error)) from error

@@ -2,9 +2,9 @@
 
 Each case ends one of two ways, decided per case:
 
-- **refused**: gradio_client gets an ``AppError`` whose message starts with the field's name as
-  DESIGN.md's API table gives it (``history[0]`` for a history item, ``name`` for ``/unload``),
-  not gradio's hidden-error text;
+- **refused**: gradio_client gets an ``AppError`` whose message starts with the field's on-screen
+  label and then its name as DESIGN.md's API table gives it ("Chat history (history[0]): …",
+  "Component (name): …" for ``/unload``), not gradio's hidden-error text;
 - **handled**: the app accepts the input, converts or fits it, says so in the info where it has
   one, and returns a correct result (right sizes, the seed asked for; pixel-identical to an
   equivalent clean input where the test can build one).
@@ -40,12 +40,19 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from backends.runtime.studio import Studio
+from tabs.common import FIELD_LABELS
 from tests.serving import serve_tiny
 
 #: What API clients see when a handler fails with anything but ``gr.Error`` (gradio 6.31).
 HIDDEN = "has not enabled verbose error reporting"
 SYSTEM = "You are a helpful assistant."
 MB = 2**20
+
+
+def named(field: str) -> str:
+    """How a refusal must start: the field's on-screen label, then its API name (issue #14)."""
+    label = FIELD_LABELS.get(field.split("[", 1)[0])
+    return rf"{re.escape(label)} \({re.escape(field)}\):" if label else rf"{re.escape(field)}[:\s]"
 
 
 @dataclass(frozen=True)
@@ -490,7 +497,7 @@ def test_bad_input(served: tuple[Studio, Client, str], pictures: Path, reference
     except AppError as error:
         message = str(error)
     clear = (message is not None and case.field is not None and HIDDEN not in message
-             and re.match(rf"{re.escape(case.field)}[:\s]", message) is not None)
+             and re.match(named(case.field), message) is not None)
     tally.add("bad_inputs", case.endpoint, tried=1, answered=int(clear),
               handled=int(case.field is None and message is None))
     if case.field is not None:

@@ -22,6 +22,8 @@ class InputError(StudioError, ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        #: What is wrong and what is allowed, without the field's name.
+        self.detail = message
         super().__init__(f"{field}: {message}")
 
 

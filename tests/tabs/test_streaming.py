@@ -50,7 +50,7 @@ def test_previews_stream_into_the_gallery_and_the_result_is_unchanged(studio: St
 def test_errors_and_stop_reach_the_handler_as_user_errors(studio: Studio, tmp_path: Path) -> None:
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(b"nope")
-    with pytest.raises(gr.Error, match="image: could not read broken.png"):
+    with pytest.raises(gr.Error, match=r"Input picture \(image\): could not read broken.png"):
         list(image_job(studio, "img2img", lambda: Img2ImgRequest.build(str(corrupt), "", "", 0.5, 0, 0, 1),
                        True, None, gr.Progress(), what="test"))
 
