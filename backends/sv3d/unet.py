@@ -8,14 +8,27 @@ subclass keeps every module and weight name of the parent and only replaces ``fo
 the already built vector ``y`` of shape (batch * frames, adm) and adds ``add_embedding(y)`` to each
 frame's time embedding, as sgm's VideoUNet does (``emb = time_embed(t) + label_emb(y)``).
 SV3D_u goes through the same path with its 256-wide cond_aug vector.
+
+It also restores sgm's normalisation epsilon in the resnets: diffusers 0.42.1's cross-attention
+down blocks and all its spatio-temporal up blocks build their ``SpatioTemporalResBlock``s with
+GroupNorm eps 1e-6 whatever ``resnet_eps`` the UNet passes (72 of the 88 resnet norms of the SV3D
+layout), whereas SV3D was trained with sgm's ``GroupNorm32`` (torch's default 1e-5). With 1e-5 this
+UNet equals sgm's ``VideoUNet`` to 1e-14 in float64 (shared/NOTES.md, December 2026 review). The
+transformers' input GroupNorms keep 1e-6: sgm builds those with ``attention.Normalize`` (1e-6) too.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any
 
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
+
+#: Epsilon of sgm's ``GroupNorm32`` (``normalization(channels)`` = ``GroupNorm32(32, channels)``,
+#: torch's default), which every resnet norm of SV3D's ``VideoUNet`` uses, temporal ones included.
+SGM_RESNET_EPS = 1e-5
 
 
 def sinusoid(values: torch.Tensor, width: int) -> torch.Tensor:
@@ -32,6 +45,25 @@ def sinusoid(values: torch.Tensor, width: int) -> torch.Tensor:
 
 class Sv3dUNet(UNetSpatioTemporalConditionModel):
     """``UNetSpatioTemporalConditionModel`` whose added embedding is given per frame."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Build the parent unchanged, then set sgm's eps on every resnet GroupNorm.
+
+        Done here, not after loading, so every way of building the UNet (``from_pretrained``, the
+        converter's meta-device build, a test) gets the same numerics. Takes exactly the
+        parent's arguments (see the ``__signature__`` below).
+        """
+        super().__init__(*args, **kwargs)
+        for block in (*self.down_blocks, self.mid_block, *self.up_blocks):
+            for resnet in block.resnets:
+                for module in resnet.modules():
+                    if isinstance(module, torch.nn.GroupNorm):
+                        module.eps = SGM_RESNET_EPS
+
+    # diffusers' ConfigMixin reads the accepted config keys off ``inspect.signature(cls.__init__)``
+    # (configuration_utils.extract_init_dict, 0.42.1); with a bare ``*args, **kwargs`` it would drop
+    # every key of a saved config.json and build the default (SVD-sized) UNet instead.
+    __init__.__signature__ = inspect.signature(UNetSpatioTemporalConditionModel.__init__)  # type: ignore[attr-defined]
 
     def forward(self, sample: torch.Tensor, c_noise: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,10 @@ from backends.families import FAMILIES, TINY
 from backends.runtime.errors import InputError, ModelUnavailable
 from backends.runtime.studio import Studio, StudioConfig
 from backends.sv3d.backend import camera_vector, edm_sigmas, triangle_scales
-from backends.sv3d.convert import build_modules, convert, ensure_converted
-from backends.sv3d.names import ConversionError
+from backends.sv3d.convert import build_modules, convert, empty_module, ensure_converted
+from backends.sv3d.names import UNET_PREFIX, ConversionError, unet_to_sgm
 from backends.sv3d.requests import OrbitRequest, orbit_azimuths
-from backends.sv3d.unet import sinusoid
+from backends.sv3d.unet import Sv3dUNet, sinusoid
 
 # Copies of ../shared/data's manifests (the released checkpoints' key layouts), kept with the
 # tests so a clean checkout can check the converters against them.
@@ -95,6 +96,51 @@ def test_tiny_files_use_the_released_key_names(tiny_cache: Path, variant: str) -
     not_clip = {k for k in real if ".open_clip." not in k}
     assert {k for k in tiny if ".open_clip." not in k} == not_clip  # UNet and both VAEs: identical names
     assert tiny - not_clip <= real  # the CLIP tower: fewer layers, same names
+
+
+#: How sgm (generative-models) builds each normalisation of SV3D's VideoUNet, by its key name:
+#: resnets (``in_layers.0``, ``out_layers.0``, their ``time_stack`` copies) and the output norm
+#: (``out.0``) use ``normalization(ch)`` = ``GroupNorm32(32, ch)``, torch's eps 1e-5; the
+#: transformers' input norm is ``attention.Normalize`` (GroupNorm eps 1e-6); the transformer
+#: blocks' ``norm1-3`` and the time blocks' ``norm_in`` are ``nn.LayerNorm(dim)``, eps 1e-5.
+SGM_NORMS = (
+    (re.compile(r"(^out\.0|\.(in|out)_layers\.0)\.weight$"), torch.nn.GroupNorm, 1e-5),
+    (re.compile(r"\.norm\.weight$"), torch.nn.GroupNorm, 1e-6),
+    (re.compile(r"\.(norm[123]|norm_in)\.weight$"), torch.nn.LayerNorm, 1e-5),
+)
+
+
+def sgm_norm(key: str) -> tuple[type, float] | None:
+    """The class and eps sgm builds the norm holding ``key`` with; None for a key of no norm."""
+    return next(((cls, eps) for pattern, cls, eps in SGM_NORMS if pattern.search(key)), None)
+
+
+def unet_norms(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Every normalisation layer of ``unet`` by the sgm name of its weight."""
+    levels = sum("CrossAttn" in kind for kind in unet.config.down_block_types)
+    norms = {unet_to_sgm(f"{name}.weight", levels): module for name, module in unet.named_modules()
+             if "norm" in type(module).__name__.lower()}
+    assert {type(m) for m in norms.values()} == {torch.nn.GroupNorm, torch.nn.LayerNorm}
+    return norms
+
+
+def real_unet() -> Sv3dUNet:
+    """The released SV3D_p UNet's architecture on the meta device, as the converter builds it."""
+    unet = empty_module("unet", convert(meta_state(manifest_keys("p"))).configs["unet"])
+    assert isinstance(unet, Sv3dUNet)
+    return unet
+
+
+def test_every_unet_norm_uses_the_eps_sgm_trained_with() -> None:
+    norms = unet_norms(real_unet())
+    # The same norms as the released file: every norm weight there, no other.
+    released = {k[len(UNET_PREFIX):] for k in manifest("p")["keys"] if sgm_norm(k[len(UNET_PREFIX):])}
+    assert set(norms) == released and len(norms) == 217
+    for key, module in norms.items():
+        assert (type(module), module.eps) == sgm_norm(key), key
+    # diffusers 0.42.1 builds the down/up blocks' resnet norms with 1e-6; all 88 must be sgm's 1e-5.
+    resnets = [k for k in norms if re.search(r"\.(in|out)_layers\.0\.", k)]
+    assert len(resnets) == 88 and {norms[k].eps for k in resnets} == {1e-5}
 
 
 def test_sinusoids_equal_diffusers_timesteps() -> None:
@@ -175,6 +221,13 @@ def studio(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Studio
 def run(studio: Studio, *args: object) -> list[np.ndarray]:
     result = studio.registry.run("orbit", OrbitRequest.build(photo(), *args, size=64), lambda *a: None)
     return [np.asarray(frame) for frame in result.frames]
+
+
+def test_the_loaded_tiny_unet_keeps_sgm_eps(studio: Studio) -> None:
+    folder = studio.registry.backend("sv3d").converted("p")
+    norms = unet_norms(Sv3dUNet.from_pretrained(folder, subfolder="unet"))
+    assert len(norms) == 217
+    assert all((type(module), module.eps) == sgm_norm(key) for key, module in norms.items())
 
 
 @pytest.mark.parametrize("variant", ["u", "p"])
