@@ -2,11 +2,17 @@
 
 ``/status`` and ``/unload`` are registered by ``register_api`` whether or not the tab is shown
 (``--tabs`` may leave it out), because scripts rely on them.
+
+The tab's Unload buttons are not GPU jobs: they run in their own queue group (the memory manager
+already waits for a running job before it drops anything, so queueing behind every waiting GPU
+job as well only made them slow), show no progress overlay over the panel (an unload takes about
+a second; the overlay greyed out the whole panel meanwhile), and confirm what they freed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import gradio as gr
@@ -16,7 +22,16 @@ from backends.runtime.probe import format_bytes
 from backends.runtime.studio import Studio
 from tabs.common import GPU_QUEUE, on_page_load, standalone, user_errors
 
+logger = logging.getLogger(__name__)
+
 REFRESH_SECONDS = 2.0
+#: The tab's unload events queue here, one at a time, beside (not behind) the GPU queue; gradio
+#: drops ``gr.Info`` from unqueued events, so they must be queued to confirm what they freed.
+UNLOAD_QUEUE = dict(concurrency_id="unload", concurrency_limit=1)
+#: What the table shows for a placement when the compute device is the CPU. ``/status`` keeps
+#: DESIGN.md's values (gpu/cpu/disk/offload), where ``gpu`` means "on the compute device"; on a
+#: machine without CUDA that device is the CPU, and "gpu" in the table misled people.
+CPU_DEVICE_PLACEMENTS = {"gpu": "cpu (device)", "cpu": "ram (evicted)"}
 #: Model names are a few words (``cascade.text_encoder``); a longer one is refused before it is
 #: looked up, so the error does not echo a megabyte back to the client.
 MAX_NAME_CHARS = 200
@@ -63,13 +78,34 @@ def _summary(status: dict[str, Any]) -> str:
             f"**RAM:** {format_bytes(status['ram_free'])} free of {format_bytes(status['ram_total'])}")
 
 
+def shown_placement(placement: str, device: str) -> str:
+    """The table's text for ``placement`` (a ``/status`` value) on ``device`` (``/status``'s ``device``)."""
+    return CPU_DEVICE_PLACEMENTS.get(placement, placement) if device == "cpu" else placement
+
+
 def _rows(status: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for model in status["models"]:
         used = model["last_used"]
         when = dt.datetime.fromtimestamp(used).strftime("%H:%M:%S") if used else "never"
-        rows.append([model["name"], model["placement"], format_bytes(model["bytes"]), when])
+        rows.append([model["name"], shown_placement(model["placement"], status["device"]),
+                     format_bytes(model["bytes"]), when])
     return rows
+
+
+def unload_confirmation(name: str, before: dict[str, Any], after: dict[str, Any]) -> str:
+    """What an unload of ``name`` freed: the components that were in memory before and are on disk after.
+
+    Read off the two statuses rather than the manager, so it says what the user can check in the
+    table; a component a job loaded while the unload waited for it is not counted as freed.
+    """
+    was = {m["name"]: m for m in before["models"] if m["placement"] != "disk"}
+    freed = [m["name"] for m in after["models"] if m["placement"] == "disk" and m["name"] in was
+             and (name == "all" or m["name"] == name or m["name"].startswith(name + "."))]
+    if not freed:
+        return "Nothing was loaded" if name == "all" else f"Nothing was loaded under {name}"
+    size = format_bytes(sum(was[n]["bytes"] for n in freed))
+    return f"Unloaded {', '.join(freed)} ({size} freed)"
 
 
 def build(studio: Studio) -> dict[str, Any]:
@@ -87,24 +123,34 @@ def build(studio: Studio) -> dict[str, Any]:
         download = gr.Button("Download models for this preset", variant="primary")
     timer = gr.Timer(REFRESH_SECONDS)
 
-    def refresh() -> tuple[str, list[list[Any]], Any]:
-        status = studio.status()
+    def show(status: dict[str, Any]) -> tuple[str, list[list[Any]], Any]:
         names = ["all", *sorted({m["name"].split(".")[0] for m in status["models"]}),
                  *[m["name"] for m in status["models"]]]
         return _summary(status), _rows(status), gr.Dropdown(choices=names)
+
+    def refresh() -> tuple[str, list[list[Any]], Any]:
+        return show(studio.status())
 
     # Filled at each page load, so the tab shows the status before the first tick.
     on_page_load(refresh, [summary, table, choice])
     on_page_load(lambda: _files_summary(studio), files)
 
-    def do_unload(name: str) -> tuple[str, list[list[Any]], Any]:
-        user_errors("Unload", lambda: studio.unload(name or "all"))
-        return refresh()
+    def do_unload(name: str | None) -> tuple[str, list[list[Any]], Any]:
+        target = name or "all"
+        before = studio.status()
+        after = user_errors("Unload", lambda: studio.unload(target))
+        message = unload_confirmation(target, before, after)
+        logger.info("System tab: %s", message)
+        gr.Info(message)
+        return show(after)
 
     outputs = [summary, table, choice]
-    timer.tick(refresh, None, outputs, api_visibility="private", queue=False)
-    unload_one.click(do_unload, choice, outputs, api_visibility="private", **GPU_QUEUE)
-    unload_all.click(lambda: do_unload("all"), None, outputs, api_visibility="private", **GPU_QUEUE)
+    # No progress overlay on either: the tick would flash it over the panel every 2 s, and an
+    # unload takes about a second; the unload's toast says when it is done.
+    timer.tick(refresh, None, outputs, api_visibility="private", queue=False, show_progress="hidden")
+    unload_one.click(do_unload, choice, outputs, api_visibility="private", show_progress="hidden", **UNLOAD_QUEUE)
+    unload_all.click(lambda: do_unload("all"), None, outputs, api_visibility="private", show_progress="hidden",
+                     **UNLOAD_QUEUE)
 
     def do_download(progress: gr.Progress = gr.Progress()) -> str:
         def report(label: str, done: int, total: int) -> None:

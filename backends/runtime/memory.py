@@ -369,12 +369,13 @@ class MemoryManager:
         comp.placement = Placement.CPU
         logger.info("evicted %s (%.1f MB) to RAM", comp.name, comp.size / 2**20)
 
-    def _drop(self, comp: Component) -> None:
+    def _drop(self, comp: Component, collect: bool = True) -> None:
         if comp.home is not None:
             comp.home.to_home()
         comp.home = None
         comp.placement = Placement.DISK
-        gc.collect()
+        if collect:
+            gc.collect()
         logger.info("dropped %s (%.1f MB) from memory", comp.name, comp.size / 2**20)
 
     # ----- public eviction -----------------------------------------------------------------
@@ -403,8 +404,11 @@ class MemoryManager:
             if not chosen and name != "all":  # "all" with nothing loaded has nothing to do
                 known = ", ".join(["all", *sorted(self._components)])
                 raise UnknownNameError(f"Unknown model {name!r}; known: {known}")
-            for comp in chosen:
-                self._drop(comp)
+            loaded = [c for c in chosen if c.placement is not Placement.DISK]
+            for comp in loaded:
+                self._drop(comp, collect=False)
+            if loaded:  # one full collection for the lot: each costs ~0.5-1 s in a 570k-object app
+                gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             return [c.name for c in chosen]

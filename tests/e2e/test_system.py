@@ -1,6 +1,7 @@
 """System tab in a real Chromium: its figures and component table refresh on their own while a
 job loads models in another tab (no page reload), and Unload / Unload all put components back
-on disk, in the table and in the device-memory figure.
+on disk, in the table and in the device-memory figure, within a couple of seconds, with a toast
+that names what they freed.
 
 The app runs with a device-memory budget, so the free figure is the budget less what is loaded:
 exact, unlike the live RAM figures, which move with everything else on the machine.
@@ -9,13 +10,16 @@ exact, unlike the live RAM figures, which move with everything else on the machi
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.e2e.helpers import BrowserChecks, Served, generate_image
+from backends.runtime.probe import format_bytes
+from tabs.system import shown_placement
+from tests.e2e.helpers import UI_TIMEOUT_MS, BrowserChecks, Served, generate_image
 
 if TYPE_CHECKING:
     from tests.conftest import Tally
@@ -24,6 +28,11 @@ if TYPE_CHECKING:
 APP_ARGV = ["--tabs", "image,system", "--vram-budget", "0.9"]
 #: The tab refreshes every 2 s (``tabs/system.py``); a few ticks on a loaded machine.
 REFRESH_TIMEOUT_MS = 15_000
+#: An unload of the tiny models, click to toast and table (about a second: one garbage
+#: collection of the app's heap, then the status).
+UNLOAD_SECONDS = 2.0
+#: Gradio's info toasts (``gr.Info``).
+INFO_TOAST = ".toast-body.info"
 DEVICE = re.compile(r"Device memory \(CPU\):\s*([\d.]+) (MB|GB) free of ([\d.]+) (MB|GB)")
 UNITS_MB = {"MB": 1.0, "GB": 1024.0}
 #: Every cell of the component table: [[component, placement, size, last used], ...].
@@ -64,12 +73,42 @@ def wait_for_placements(checks: BrowserChecks, expected: dict[str, str]) -> dict
     return table(checks)
 
 
-def loaded_cascade(checks: BrowserChecks) -> dict[str, dict[str, Any]]:
+def on_device(served: Served) -> str:
+    """What the table shows for a component on the compute device (``gpu`` in ``/status``)."""
+    shown = shown_placement("gpu", served.studio.status()["device"])
+    # Without CUDA the compute device is the CPU, and the table must not say gpu.
+    assert shown == ("gpu" if served.studio.device.type == "cuda" else "cpu (device)"), shown
+    return shown
+
+
+def loaded_cascade(checks: BrowserChecks, served: Served) -> dict[str, dict[str, Any]]:
     """Generate an image, open the System tab and wait for the cascade to show as loaded."""
     generate_image(checks, "a lighthouse")
     checks.on("system").open_tab("System")
     names = ("text_encoder", "prior", "decoder", "vqgan")
-    return wait_for_placements(checks, {f"cascade.{name}": "gpu" for name in names})
+    return wait_for_placements(checks, {f"cascade.{name}": on_device(served) for name in names})
+
+
+def expected_confirmation(served: Served, name: str) -> str:
+    """The toast an unload of ``name`` should show, from the app's own ``/status`` before it."""
+    loaded = [m for m in served.studio.status()["models"] if m["placement"] != "disk"
+              and (name == "all" or m["name"] == name)]
+    if not loaded:
+        return "Nothing was loaded"
+    return f"Unloaded {', '.join(m['name'] for m in loaded)} ({format_bytes(sum(m['bytes'] for m in loaded))} freed)"
+
+
+def timed_unload(checks: BrowserChecks, button: str, toast: str, placements: dict[str, str]) -> float:
+    """Click ``button``; seconds until its toast says ``toast`` and the table shows ``placements``.
+
+    Waits up to the UI timeout, so a slow unload fails on its measured time, not on a timeout.
+    """
+    page = checks.page
+    started = time.monotonic()
+    checks.panel().get_by_role("button", name=button, exact=True).click()
+    checks.shows(page.locator(INFO_TOAST).filter(has_text=toast), toast, timeout=UI_TIMEOUT_MS)
+    wait_for_placements(checks, placements)
+    return time.monotonic() - started
 
 
 def test_figures_and_table_refresh_while_a_job_loads_models(checks: BrowserChecks, served: Served) -> None:
@@ -77,12 +116,16 @@ def test_figures_and_table_refresh_while_a_job_loads_models(checks: BrowserCheck
     checks.shows(checks.page.locator("#system-summary"), "Preset: tiny")
     if served.studio.status()["models"]:  # another test of this module loaded the cascade
         served.studio.unload("all")
-    expect(checks.page.locator("#system-components")).not_to_contain_text("gpu", timeout=REFRESH_TIMEOUT_MS)
+    device = on_device(served)
+    expect(checks.page.locator("#system-components")).not_to_contain_text(device, timeout=REFRESH_TIMEOUT_MS)
     free, total = device_memory(checks)
     checks.that(free == total, f"nothing is loaded, yet {free} MB of {total} MB are free")
 
-    rows = loaded_cascade(checks)  # the Image tab runs; this page is never reloaded
-    loaded = sum(row["mb"] for row in rows.values() if row["placement"] == "gpu")
+    rows = loaded_cascade(checks, served)  # the Image tab runs; this page is never reloaded
+    if served.studio.device.type != "cuda":
+        checks.that(all(row["placement"] != "gpu" for row in rows.values()),
+                    f"the table says gpu on a machine without CUDA: {rows}")
+    loaded = sum(row["mb"] for row in rows.values() if row["placement"] == device)
     checks.that(all(row["mb"] > 0 for row in rows.values()), f"a loaded component has no size: {rows}")
     checks.that(all(re.fullmatch(r"\d\d:\d\d:\d\d", row["used"]) for row in rows.values()),
                 f"a loaded component shows no last-used time: {rows}")
@@ -98,22 +141,30 @@ def test_figures_and_table_refresh_while_a_job_loads_models(checks: BrowserCheck
 
 def test_unload_one_component_then_all(checks: BrowserChecks, served: Served) -> None:
     page = checks.page
-    rows = loaded_cascade(checks)
+    rows = loaded_cascade(checks, served)
+    device = on_device(served)
     free, total = device_memory(checks)
     panel = checks.panel()
 
     panel.get_by_role("combobox", name="Component").click()
     page.get_by_role("option", name="cascade.prior", exact=True).click()
-    panel.get_by_role("button", name="Unload", exact=True).click()
-    after = wait_for_placements(checks, {"cascade.prior": "disk", "cascade.decoder": "gpu"})
+    toast = expected_confirmation(served, "cascade.prior")
+    checks.that(toast.startswith("Unloaded cascade.prior ("), f"the prior is not loaded: {toast}")
+    took = timed_unload(checks, "Unload", toast, {"cascade.prior": "disk", "cascade.decoder": device})
+    checks.that(took <= UNLOAD_SECONDS, f"Unload took {took:.2f} s (at most {UNLOAD_SECONDS} s)")
+    after = table(checks)
     checks.that(after["cascade.prior"]["placement"] == "disk", f"prior not unloaded: {after}")
-    checks.that(all(row["placement"] == "gpu" for name, row in after.items() if name != "cascade.prior"),
+    checks.that(all(row["placement"] == device for name, row in after.items() if name != "cascade.prior"),
                 f"Unload of one component dropped others: {after}")
     expected_free = free + rows["cascade.prior"]["mb"]
     checks.check(page.wait_for_function, SHOWS_FREE, arg=[DEVICE.pattern, expected_free], timeout=REFRESH_TIMEOUT_MS)
 
-    panel.get_by_role("button", name="Unload all", exact=True).click()
-    after = wait_for_placements(checks, {name: "disk" for name in rows})
+    toast = expected_confirmation(served, "all")
+    checks.that(toast.startswith("Unloaded cascade.text_encoder, cascade.decoder, cascade.vqgan ("),
+                f"Unload all would not name the three still loaded: {toast}")
+    took = timed_unload(checks, "Unload all", toast, {name: "disk" for name in rows})
+    checks.that(took <= UNLOAD_SECONDS, f"Unload all took {took:.2f} s (at most {UNLOAD_SECONDS} s)")
+    after = table(checks)
     checks.that(all(row["placement"] == "disk" for row in after.values()), f"Unload all left some: {after}")
     checks.check(lambda: expect(page.locator("#system-summary")).to_contain_text(
         re.compile(rf"{total:.1f} MB free of {total:.1f} MB"), timeout=REFRESH_TIMEOUT_MS))
@@ -127,7 +178,13 @@ def test_unload_all_before_anything_is_loaded_is_not_an_error(launch_app: Callab
     checks = BrowserChecks(page, artifacts_dir / "screenshots").on("system")
     try:
         page.goto(launch_app("--tabs", "system"))  # a fresh app: nothing loaded yet
+        # Filled by the page-load event: the page is connected, so the click below is not lost.
+        checks.shows(page.locator("#system-summary"), "Preset: tiny")
+        started = time.monotonic()
         page.get_by_role("button", name="Unload all", exact=True).click()
+        checks.shows(page.locator(INFO_TOAST), "Nothing was loaded", timeout=UI_TIMEOUT_MS)
+        took = time.monotonic() - started
+        checks.that(took <= UNLOAD_SECONDS, f"Unload all of nothing took {took:.2f} s (at most {UNLOAD_SECONDS} s)")
         error = page.locator(".toast-body.error")
         try:
             error.first.wait_for(timeout=3_000)  # the unload itself takes milliseconds
