@@ -23,6 +23,7 @@ from backends.runtime.studio import Studio
 from backends.sv3d.requests import MAX_STEPS, PATHS, VARIANTS, OrbitRequest, prepare_object
 from tabs.common import (
     GPU_QUEUE,
+    Stopped,
     api_endpoint,
     api_file_input,
     gradio_progress,
@@ -55,7 +56,9 @@ def generate(studio: Studio, inputs: list[Any], request: gr.Request | None,
         req = OrbitRequest.build(*inputs, size=defaults.size, num_frames=defaults.num_frames)
         control = studio.start_job(session)
         try:
-            result = studio.registry.run("orbit", req, control.wrap(gradio_progress(progress)))
+            # Denoising, then decoding frame by frame: one bar over both.
+            report = gradio_progress(progress, (req.steps, req.num_frames))
+            result = studio.registry.run("orbit", req, control.wrap(report))
         finally:
             studio.finish_job(session, control)
         info = {**result.info, "seed": req.seed, "preset": studio.preset.name}
@@ -63,7 +66,10 @@ def generate(studio: Studio, inputs: list[Any], request: gr.Request | None,
         info["files"] = {kind: str(path) for kind, path in paths.items()}
         return str(paths["video"]), str(paths["sheet"]), info
 
-    return user_errors("Orbit generation", work)
+    try:
+        return user_errors("Orbit generation", work)
+    except Stopped:
+        return gr.skip(), gr.skip(), gr.skip()  # the previous orbit stays; nothing was saved
 
 
 def preview(studio: Studio, image: Any) -> Image.Image | None:
@@ -116,7 +122,11 @@ def build(studio: Studio) -> dict[str, gr.Component]:
                                    info="constant elevation, or a sine wave to a second elevation half-way round")
                 elevation_end = gr.Number(value=defaults.elevation_end_deg, label="Elevation opposite the input view",
                                           info="-90–90; sine path only")
-            seed = gr.Number(value=-1, label="Seed", info="-1 picks a random seed")
+            # The same seed row as the Image, Variation and Video tabs (a few copied lines).
+            with gr.Row():
+                seed = gr.Number(value=-1, label="Seed", info="-1 picks a random seed", scale=3)
+                random_seed = gr.Button("Random", scale=1, size="sm")
+                reuse_seed = gr.Button("Reuse last", scale=1, size="sm")
             with gr.Row():
                 run = gr.Button("Generate orbit", variant="primary", elem_id="orbit-generate")
                 stop = gr.Button("Stop", variant="stop", elem_id="orbit-stop")
@@ -128,8 +138,12 @@ def build(studio: Studio) -> dict[str, gr.Component]:
     with gr.Accordion("Recent orbits", open=False):
         history = gr.Gallery(label="Recent", columns=4, height=240, show_label=False)
     on_page_load(lambda: recent_orbits(studio), history)
+    last_seed = gr.State(value=None)  # the seed the last orbit of this session used
 
     image.change(lambda value: preview(studio, value), image, shown, api_visibility="private")
+    random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
+    reuse_seed.click(lambda last: -1 if last is None else last, last_seed, seed, api_visibility="private",
+                     queue=False)
 
     def orbit(image: Any, variant: Any, elevation_deg: Any, steps: Any, seed: Any, path: Any,
               elevation_end_deg: Any, request: gr.Request,
@@ -143,6 +157,7 @@ def build(studio: Studio) -> dict[str, gr.Component]:
                       **GPU_QUEUE)  # the public name is the hidden twin's
     event.then(lambda data: [p for k, p in ((data or {}).get("files") or {}).items() if k != "frames"], info, files,
                api_visibility="private", queue=False)
+    event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_orbits(studio), None, history, api_visibility="private", queue=False)
 
     def orbit_api(image: Any, variant: Any, elevation_deg: Any, steps: Any, seed: Any, path: Any,
