@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import gradio as gr
 from gradio.utils import get_upload_folder
@@ -30,11 +31,12 @@ FILE_DATA = {"_type": "gradio.FileData"}
 
 
 class Stopped(Exception):
-    """The user pressed Stop and the job ended at a step boundary, saving nothing.
+    """The user pressed Stop (or the page went away) and the job ended at a step boundary, saving nothing.
 
-    Not a failure: ``user_errors`` has already said so in a neutral notice, and the handler ends
-    quietly (a generator returns, a plain handler returns ``gr.skip()`` for its outputs), so no
-    red toast or "Error" pill appears and the previous result stays where it was.
+    Not a failure: Stop's own notice has said so, and the handler ends quietly (a generator
+    returns, a plain handler returns ``gr.skip()`` for its outputs), so no red toast or "Error"
+    pill appears and the previous result stays where it was. The handler adds no notice of its
+    own: Stop cancels its event, so whether it would still reach the page is a race.
     """
 
 
@@ -65,7 +67,7 @@ def user_errors(what: str, work: Callable[[], T]) -> T:
     """Run ``work``; turn every failure into a ``gr.Error`` whose message reaches API clients.
 
     Raises:
-        Stopped: the user pressed Stop (after a neutral "Stopped" notice); the caller ends quietly.
+        Stopped: the user pressed Stop; the caller ends quietly.
         gr.Error: any failure, with the user-facing message.
     """
     try:
@@ -73,7 +75,7 @@ def user_errors(what: str, work: Callable[[], T]) -> T:
     except gr.Error:
         raise
     except Cancelled as error:
-        gr.Info(str(error), title="Stopped")
+        logger.info("%s stopped: %s", what, error)
         raise Stopped(str(error)) from error
     except InputError as error:
         logger.info("%s refused: %s", what, error)
@@ -87,13 +89,45 @@ def user_errors(what: str, work: Callable[[], T]) -> T:
                        "details; the app is still running.") from error
 
 
-def gradio_progress(progress: gr.Progress) -> ProgressFn:
-    """Adapt a backend ``ProgressFn`` call to Gradio's progress bar."""
+def gradio_progress(progress: gr.Progress, plan: Sequence[int] = ()) -> ProgressFn:
+    """Adapt a backend ``ProgressFn`` call to Gradio's progress bar: one bar for the whole job.
+
+    Args:
+        plan: the steps each stage of the job will take, in the order the stages run (Stage C,
+            Stage B, Stage A): the bar then spans all of them, with an estimate of the time
+            left. A stage's own report of its total replaces the planned one (img2img runs fewer
+            stage C steps than asked). The estimate counts every step alike; it settles as the
+            job goes. Without a plan, each stage fills the bar on its own.
+    """
+    seen: list[str] = []
+    totals = list(plan)
+    started = time.monotonic()
 
     def report(stage: str, step: int, total: int) -> None:
-        progress((step, total), desc=f"{stage}: step {step}/{total}", unit="steps")
+        if stage not in seen:
+            seen.append(stage)
+        index = seen.index(stage)
+        if not plan:
+            progress((step, total), desc=f"{stage}: step {step}/{total}", unit="steps")
+            return
+        totals.extend([0] * (index + 1 - len(totals)))  # a stage the plan did not know of
+        totals[index] = total
+        fraction = min(1.0, (sum(totals[:index]) + step) / max(1, sum(totals)))
+        elapsed = time.monotonic() - started
+        left = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
+        eta = f" · about {_duration(left)} left" if 0 < fraction < 1 and elapsed >= ETA_AFTER_S else ""
+        progress(fraction, desc=f"{stage}: step {step}/{total} · {fraction:.0%} of the job{eta}")
 
     return report
+
+
+#: The first second's rate says little (a model may still be moving in): no estimate before it.
+ETA_AFTER_S = 1.0
+
+
+def _duration(seconds: float) -> str:
+    """A rough time for the progress line: "8 s", "2 min"."""
+    return f"{max(1, round(seconds))} s" if seconds < 90 else f"{round(seconds / 60)} min"
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -156,7 +190,7 @@ def end_jobs_with_the_page(studio: Any, blocks: gr.Blocks) -> None:
 
 
 def wire_stop(studio: Any, stop: gr.Button, events: list[Any],
-              notice: str = "Stopping after the current step…") -> Any:
+              notice: str = "Stopping after the current step; nothing will be saved.") -> Any:
     """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``.
 
     Args:

@@ -61,7 +61,8 @@ def run_job(studio: Studio, session: str, task: str, request: Any, progress: gr.
         Stopped: the user pressed Stop (``user_errors`` said so already).
     """
     control = studio.start_job(session)
-    report = control.wrap(gradio_progress(progress))
+    # Stages C, B and A: one bar over the whole job.
+    report = control.wrap(gradio_progress(progress, (request.prior_steps, request.decoder_steps, 1)))
     worker: threading.Thread | None = None
     try:
         if not previews:

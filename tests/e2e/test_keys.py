@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from playwright.sync_api import expect
+from playwright.sync_api import Browser, expect
 
 from tests.e2e.helpers import JOB_TIMEOUT_MS, UI_TIMEOUT_MS, BrowserChecks, Served
 
@@ -52,11 +52,40 @@ def test_escape_stops_the_running_job(checks: BrowserChecks, served: Served) -> 
     page.locator("#image-generate").click()
     checks.shows(page.locator("#image-gallery"), re.compile(r"Stage C \(prior\): step \d+/100"), timeout=JOB_TIMEOUT_MS)
     page.keyboard.press("Escape")
-    checks.shows(page.locator(".toast-body.info").filter(has_text="Stopping").first, "Stopping after the current step")
-    checks.shows(page.locator(".toast-body.info").filter(has_text="Stopped").first, "nothing was saved")
+    checks.shows(page.locator(".toast-body.info").filter(has_text="Stopping").first,
+                 "Stopping after the current step; nothing will be saved.")
     checks.that(page.locator(".toast-body.error").count() == 0, "Stop showed a red error")
     tracker = page.locator('#image-gallery [data-testid="status-tracker"]')
     checks.that("Error" not in " ".join(tracker.all_inner_texts()), "Stop left an Error pill on the gallery")
     page.wait_for_timeout(3_000)  # a job that ignored Stop would go on stepping and save its images
     checks.that(set(served.outputs.rglob("*.png")) == before, "the job stopped with Esc saved an image")
     checks.check(lambda: expect(page.locator("#image-generate")).to_be_enabled(timeout=UI_TIMEOUT_MS))
+
+
+def test_the_title_shows_the_percentage_and_a_waiting_job_how_many_are_ahead(
+        checks: BrowserChecks, served: Served, browser: Browser) -> None:
+    """One bar for the whole job, its percentage in the tab's title, and "1 job ahead" for a job
+    waiting behind another page's."""
+    page = checks.on("keys").page
+    panel = checks.open_tab("Image")
+    checks.fill(panel.get_by_label("Prompt", exact=True), "a long job")
+    checks.expand(panel, "Advanced")
+    checks.fill(panel.get_by_label("Stage C steps", exact=True), "100")
+    page.locator("#image-generate").click()
+    gallery = page.locator("#image-gallery")
+    checks.shows(gallery, re.compile(r"Stage C \(prior\): step \d+/100 · \d+% of the job"), timeout=JOB_TIMEOUT_MS)
+    checks.check(page.wait_for_function, "() => /^\\d+% · Cascade Studio$/.test(document.title)",
+                 timeout=UI_TIMEOUT_MS)
+
+    other = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
+    try:
+        other.goto(served.url)
+        other.get_by_role("tab", name="Image", exact=True).click()
+        other.get_by_label("Prompt", exact=True).first.fill("a second job")
+        other.locator("#image-generate").click()
+        checks.check(lambda: expect(other.locator("#image-gallery")).to_contain_text("1 job ahead",
+                                                                                    timeout=JOB_TIMEOUT_MS))
+    finally:
+        page.locator("#image-stop").click()
+        other.context.close()
+    checks.check(page.wait_for_function, "() => document.title === 'Cascade Studio'", timeout=JOB_TIMEOUT_MS)
