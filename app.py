@@ -209,7 +209,7 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
     """The whole app as ``gr.Blocks``: a header, one tab per module, and the API-only endpoints."""
     import gradio as gr
 
-    from tabs import system
+    from tabs import session, system
     from tabs.common import end_jobs_with_the_page
 
     preset = studio.preset
@@ -218,13 +218,15 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
                     f"{preset.settings.description}. Stable Cascade weights are licensed for "
                     "non-commercial use.")
         handles: dict[str, dict[str, Any]] = {}
+        built: dict[str, Any] = {}
         with gr.Tabs() as tab_set:
             for name in tabs:
-                with gr.Tab(TAB_TITLES[name], id=name):
+                with gr.Tab(TAB_TITLES[name], id=name) as built[name]:
                     handles[name] = importlib.import_module(f"tabs.{name}").build(studio) or {}
         _wire_send_to(handles, tab_set)
         system.register_api(studio)
         end_jobs_with_the_page(studio, demo)
+        session.remember(demo, tab_set, built)
     return demo
 
 
