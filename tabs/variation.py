@@ -9,27 +9,50 @@ Each mode has its own Generate button, so each API event takes exactly DESIGN.md
 The input is a ``gr.File`` of image type with a preview beside it, not a ``gr.Image``: Gradio 6.31's
 ``gr.Image`` decodes every upload before the handler runs (even with ``type="filepath"``), so an
 unreadable or oversized file would fail inside Gradio with a message that names no field. With a
-file input, ``backends.runtime.image_input`` checks it and says what is wrong. The public endpoints go one
-step further and read the picture from a hidden JSON input (``tabs.common`` explains why), so even a
-plain path or a number sent for ``image`` gets an answer naming the field. Numeric inputs are plain
-``gr.Number`` fields, for the same reason as in the Image tab. Width and height 0 mean "from the
-input's aspect ratio"; sampling steps and guidance come from the preset (the Image tab's defaults).
+file input, ``backends.runtime.image_input`` checks it and says what is wrong, twice: when the file is
+chosen (the preview warns, naming the field, and the file is taken back out) and again when a job
+starts. The public endpoints go one step further and read the picture from a hidden JSON input
+(``tabs.common`` explains why), so even a plain path or a number sent for ``image`` gets an answer
+naming the field.
+
+Images and strength are sliders on screen, where their ranges are fixed. Gradio checks a slider's
+range itself, with a message that names no field, so the public endpoints read those two from
+hidden ``gr.Number`` twins instead and our validation answers API clients as before; the tab's own
+buttons run private events. Width and height stay numbers: 0 means "from the input's aspect ratio"
+(``fit_output_size``). Sampling steps and guidance come from the preset (the Image tab's defaults).
+
+The buttons sit right under the prompt, before the settings, so a phone shows them on its first
+screen; results are shown whole (``object_fit="contain"``), since they follow the input's aspect.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
+from PIL import Image
 
-from backends.cascade.requests import MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, ImageVariationRequest, Img2ImgRequest
+from backends.cascade.requests import (
+    MAX_IMAGES,
+    MAX_SIZE,
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+    ImageVariationRequest,
+    Img2ImgRequest,
+)
+from backends.runtime.errors import InputError
+from backends.runtime.image_input import load_image
 from backends.runtime.studio import Studio
 from tabs.common import (
     GPU_QUEUE,
     api_endpoint,
     api_file_input,
+    labelled,
     on_gpu,
+    on_page_load,
     standalone,
     uploaded_path,
     user_errors,
@@ -38,6 +61,13 @@ from tabs.common import (
 from tabs.streaming import image_job, wire_result_restore
 
 logger = logging.getLogger(__name__)
+
+#: Results the "Recent outputs" gallery shows, newest first.
+RECENT = 12
+#: Saved PNGs looked at to find them: the Image tab's results share the outputs folder.
+RECENT_SCAN = 200
+#: The tasks whose results this tab lists (the ``task`` in each PNG's ``studio`` chunk).
+TASKS = ("image_variation", "img2img")
 
 
 def _sampling(studio: Studio) -> tuple[dict[str, Any], int]:
@@ -78,32 +108,82 @@ def img2img(studio: Studio, inputs: list[Any], previews: Any, request: gr.Reques
                          previews, request, progress, what="img2img")
 
 
+def preview(path: Any) -> tuple[Image.Image | None, Any]:
+    """The chosen picture as the models will see it (upright, RGB, transparency on white).
+
+    A file that cannot be used is refused at once: a warning naming the field, no preview, and
+    the file taken back out of the input, so the user picks another (the tab stays usable).
+
+    Returns:
+        The preview (None for no file), and the input's new value (``gr.skip()`` to keep it).
+    """
+    if path is None:
+        return None, gr.skip()
+
+    def read() -> Image.Image | None:
+        try:
+            return load_image("image", path).image
+        except InputError as error:  # the user's to fix: say so now, naming the field
+            gr.Warning(labelled(error))
+            return None
+
+    picture = user_errors("Input preview", read)
+    return picture, (gr.skip() if picture is not None else None)
+
+
+def _task_of(path: Path) -> str | None:
+    """The task a saved PNG came from (its ``studio`` text chunk); None if it carries none."""
+    try:
+        with Image.open(path) as png:  # text chunks come before the pixels: nothing is decoded
+            meta = json.loads(str(png.info.get("studio", "{}")))
+    except (OSError, ValueError) as error:  # removed meanwhile, or not one of ours
+        logger.debug("recent outputs: skipping %s (%s)", path.name, error)
+        return None
+    return meta.get("task") if isinstance(meta, dict) else None
+
+
+def recent_results(studio: Studio) -> list[str]:
+    """This tab's saved results (variations and img2img), newest first."""
+    kept: list[str] = []
+    for path in studio.outputs.recent(limit=RECENT_SCAN):
+        if _task_of(path) in TASKS:
+            kept.append(str(path))
+            if len(kept) == RECENT:
+                break
+    return kept
+
+
 def build(studio: Studio) -> dict[str, Any]:
     """Build the tab's components and wire its events (call inside a ``gr.Blocks``).
 
-    Returns ``{"image": ...}``: the input that ``app.py``'s "Send to Variation / img2img" fills.
+    Returns the handles ``app.py`` wires to other tabs: ``image`` (the input "Send to Variation /
+    img2img" fills), ``prompt`` (the prompt box, so that a sent picture can bring its prompt),
+    ``selected_image`` (a State with the picked result's path: the first by default, then the
+    one clicked in the gallery) and ``send_row`` (under the gallery, where "Send to …" buttons go).
     """
     defaults = studio.preset.settings.cascade.defaults
     size_info = f"0 = from the input's aspect ratio; else {MIN_SIZE}–{MAX_SIZE}, multiple of {SIZE_MULTIPLE}"
     with gr.Row():
         with gr.Column(scale=2):
             with gr.Row():
-                image = gr.File(label="Input image", file_types=["image"], type="filepath",
-                                elem_id="variation-image")
-                shown = gr.Image(label="Input preview", interactive=False, height=200,
-                                 elem_id="variation-input-preview")
+                # min_width 120 (not 160) keeps the two side by side on a phone.
+                image = gr.File(label="Input picture", file_types=["image"], type="filepath", height=160,
+                                min_width=120, elem_id="variation-image")
+                shown = gr.Image(label="Input preview", type="pil", interactive=False, height=160,
+                                 min_width=120, elem_id="variation-input-preview")
             prompt = gr.Textbox(label="Prompt", lines=2,
                                 placeholder="Optional for variations; describes the result for img2img")
-            negative = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt, lines=1)
             with gr.Tabs():
                 with gr.Tab("Variations", id="variations"):
-                    num_images = gr.Number(value=defaults.num_images, label="Images", info="1–4")
+                    num_images = gr.Slider(1, MAX_IMAGES, value=defaults.num_images, step=1, label="Images")
                     run_variation = gr.Button("Generate variations", variant="primary",
                                               elem_id="variation-generate")
                 with gr.Tab("img2img", id="img2img"):
-                    strength = gr.Number(value=defaults.strength, label="Strength",
-                                         info="0–1: 0 keeps the image, 1 ignores it")
+                    strength = gr.Slider(0, 1, value=defaults.strength, step=0.01, label="Strength",
+                                         info="0 keeps the image, 1 ignores it")
                     run_img2img = gr.Button("Generate img2img", variant="primary", elem_id="img2img-generate")
+            stop = gr.Button("Stop", variant="stop", elem_id="variation-stop")
+            negative = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt, lines=1)
             with gr.Accordion("Size", open=False):
                 with gr.Row():
                     width = gr.Number(value=0, label="Width", info=size_info)
@@ -114,15 +194,28 @@ def build(studio: Studio) -> dict[str, Any]:
                 reuse_seed = gr.Button("Reuse last", scale=1, size="sm")
             previews_box = gr.Checkbox(value=False, label="Live previews",
                                        info="Show stage C's progress as small previews (slightly slower)")
-            stop = gr.Button("Stop", variant="stop", elem_id="variation-stop")
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Result", columns=2, height=512, elem_id="variation-gallery",
-                                 format="png")
+            gallery = gr.Gallery(label="Result", columns=2, height=512, object_fit="contain",
+                                 elem_id="variation-gallery", format="png")
+            # app.py adds one "Send to …" button here for each tab that takes an image.
+            send_row = gr.Row(elem_id="variation-send")
             info = gr.JSON(label="Info (seed used, input fits, timings, preset, model)")
+    with gr.Accordion("Recent outputs", open=False):
+        history = gr.Gallery(label="Recent", columns=6, height=240, show_label=False, object_fit="contain",
+                             elem_id="variation-history")
+    # Filled at every page load, so the history is fresh after a restart.
+    on_page_load(lambda: recent_results(studio), history)
     last_seed = gr.State(value=None)
+    selected = gr.State(value=None)  # path of the result image the user picked (first by default)
     previews = gr.State(value=False)  # the switch, as an input that API calls do not see
+    # What the public endpoints read instead of the sliders (see the module docstring).
+    api_num_images = gr.Number(value=defaults.num_images, label="Images", info=f"1–{MAX_IMAGES}", visible=False)
+    api_strength = gr.Number(value=defaults.strength, label="Strength",
+                             info="0–1: 0 keeps the image, 1 ignores it", visible=False)
 
-    image.change(lambda path: path, image, shown, api_visibility="private", queue=False)
+    # Queued: gradio shows gr.Warning only from queued events; in its own group, never behind a job.
+    image.change(preview, image, [shown, image], api_visibility="private", concurrency_limit=None,
+                 show_progress="minimal")
     previews_box.change(lambda on: on, previews_box, previews, api_visibility="private", queue=False)
     random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
     reuse_seed.click(lambda last: -1 if last is None else last, last_seed, seed,
@@ -159,6 +252,15 @@ def build(studio: Studio) -> dict[str, Any]:
     ]
     for event in events:
         event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
+        event.then(lambda: recent_results(studio), None, history, api_visibility="private", queue=False)
+        event.then(lambda data: ((data or {}).get("files") or [None])[0], info, selected,
+                   api_visibility="private", queue=False)
+
+    def on_select(data: dict | None, evt: gr.SelectData) -> str | None:
+        files = (data or {}).get("files") or []
+        return files[evt.index] if isinstance(evt.index, int) and evt.index < len(files) else None
+
+    gallery.select(on_select, info, selected, api_visibility="private", queue=False)
 
     # The public endpoints read the picture from a hidden JSON input (tabs.common explains why)
     # and run without previews.
@@ -181,13 +283,13 @@ def build(studio: Studio) -> dict[str, Any]:
     api_image = api_file_input("image")
     events += [
         api_endpoint(image_variation, variation_seconds,
-                     [api_image, prompt, negative, width, height, num_images, seed], [gallery, info],
+                     [api_image, prompt, negative, width, height, api_num_images, seed], [gallery, info],
                      "image_variation"),
-        api_endpoint(img2img_api, img2img_seconds, [api_image, prompt, negative, strength, width, height, seed],
-                     [gallery, info], "img2img"),
+        api_endpoint(img2img_api, img2img_seconds,
+                     [api_image, prompt, negative, api_strength, width, height, seed], [gallery, info], "img2img"),
     ]
     wire_result_restore(wire_stop(studio, stop, events), events[:2], gallery, info)  # the tab's own two
-    return {"image": image}
+    return {"image": image, "prompt": prompt, "selected_image": selected, "send_row": send_row}
 
 
 def demo(studio: Studio) -> gr.Blocks:

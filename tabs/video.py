@@ -1,15 +1,22 @@
 """Video tab: Stable Video Diffusion image-to-video.
 
-The ``/generate_video`` event takes exactly DESIGN.md's eight inputs, in order. Numeric inputs are
-plain ``gr.Number`` fields, so our validation (which names the field) does the range checks.
+The ``/generate_video`` event takes exactly DESIGN.md's eight inputs, in order. On screen, the inputs
+with a fixed range (frames, fps, motion, noise augmentation, steps) are sliders. Gradio checks a
+slider's range itself, with a message that names no field, so the public endpoint reads hidden
+``gr.Number`` twins of them instead, and our validation (which names the field) answers API clients;
+the decode chunk (its top is the frame count) and the seed stay numbers.
 
 The picture comes in through ``gr.File``, not ``gr.Image``: gradio 6.31's ``gr.Image`` opens every
 upload with Pillow before the handler runs, so a damaged or oversized file fails there with a
 message that API clients never see ("has not enabled verbose error reporting"). With ``gr.File``
 our validation reads the file and says what is wrong. A preview beside it shows the picture as the
-model will see it (fitted, transparency on white). The public ``/generate_video`` reads the picture
-from a hidden JSON input instead of the ``gr.File`` (``tabs.common`` explains why); the tab's own
-button runs a private twin of the same handler.
+model will see it (fitted, transparency on white); a picture that cannot be used is refused right
+there, with a warning naming the field, and checked again when the job starts. The public
+``/generate_video`` reads the picture from a hidden JSON input instead of the ``gr.File``
+(``tabs.common`` explains why); the tab's own button runs a private twin of the same handler.
+
+Generate and Stop sit under the picture, before the settings, so a phone shows them on its first
+screen.
 
 The crop/pad choice and the GIF checkbox are UI settings. They reach the handler through
 ``gr.State`` values, which Gradio leaves out of the API, so scripts call ``/generate_video`` with
@@ -24,14 +31,25 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from backends.runtime.errors import InputError
 from backends.runtime.studio import Studio
-from backends.svd.requests import FITS, MAX_FPS, MAX_FRAMES, MAX_STEPS, MIN_FPS, VideoRequest, prepare_image
+from backends.svd.requests import (
+    FITS,
+    MAX_FPS,
+    MAX_FRAMES,
+    MAX_MOTION_BUCKET,
+    MAX_STEPS,
+    MIN_FPS,
+    VideoRequest,
+    prepare_image,
+)
 from tabs.common import (
     GPU_QUEUE,
     Stopped,
     api_endpoint,
     api_file_input,
     gradio_progress,
+    labelled,
     on_gpu,
     on_page_load,
     session_of,
@@ -56,7 +74,9 @@ def generate(studio: Studio, inputs: list[Any], fit: str, gif: bool, request: gr
         req = VideoRequest.build(*inputs, fit=fit, width=defaults.width, height=defaults.height)
         control = studio.start_job(session)
         try:
-            result = studio.registry.run("image_to_video", req, control.wrap(gradio_progress(progress)))
+            # Denoising, then decoding frame by frame: one bar over both.
+            report = gradio_progress(progress, (req.steps, req.num_frames))
+            result = studio.registry.run("image_to_video", req, control.wrap(report))
         finally:
             studio.finish_job(session, control)
         info = {**result.info, "seed": req.seed, "preset": studio.preset.name}
@@ -70,13 +90,26 @@ def generate(studio: Studio, inputs: list[Any], fit: str, gif: bool, request: gr
         return gr.skip(), gr.skip()  # the previous video stays; nothing was saved
 
 
-def preview(studio: Studio, image: Any, fit: str) -> Image.Image | None:
-    """The picture as the model will see it; None when no file is chosen."""
+def preview(studio: Studio, image: Any, fit: str) -> tuple[Image.Image | None, Any]:
+    """The picture as the model will see it, and the input's new value (``gr.skip()``: kept).
+
+    An unusable picture (unreadable, too small, too large) is refused when it is chosen: a
+    warning naming the field (not an error dialog), no preview, and the file taken back out of
+    the input, so the user picks another and the tab stays usable. Generate checks it again.
+    """
     if image is None:
-        return None
+        return None, gr.skip()
     defaults = studio.preset.settings.svd.defaults
-    fitted, _, _ = user_errors("Video input", lambda: prepare_image(image, fit, defaults.width, defaults.height))
-    return fitted
+
+    def fitted() -> Image.Image | None:
+        try:
+            return prepare_image(image, fit, defaults.width, defaults.height)[0]
+        except InputError as error:  # the user's to fix: say so now, naming the field
+            gr.Warning(labelled(error))
+            return None
+
+    picture = user_errors("Video input", fitted)
+    return picture, (gr.skip() if picture is not None else None)
 
 
 def recent_videos(studio: Studio) -> list[str]:
@@ -109,21 +142,27 @@ def build(studio: Studio) -> dict[str, gr.Component]:
     long, short = max(defaults.width, defaults.height), min(defaults.width, defaults.height)
     with gr.Row():
         with gr.Column(scale=2):
-            image = gr.File(label="Input picture (PNG, JPEG, WebP)", file_types=["image"], type="filepath",
-                            elem_id="video-image")
-            shown = gr.Image(label=f"What the model sees ({long}×{short} or {short}×{long})", type="pil",
-                             interactive=False, height=240, elem_id="video-preview")
+            with gr.Row():
+                # min_width 120 (not 160) keeps the two side by side on a phone.
+                image = gr.File(label="Input picture (PNG, JPEG, WebP)", file_types=["image"], type="filepath",
+                                height=160, min_width=120, elem_id="video-image")
+                shown = gr.Image(label=f"What the model sees ({long}×{short} or {short}×{long})", type="pil",
+                                 interactive=False, height=160, min_width=120, elem_id="video-preview")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="video-generate")
+                stop = gr.Button("Stop", variant="stop", elem_id="video-stop")
             fit = gr.Radio(list(FITS), value=defaults.fit, label="Fit to the model size",
                            info="crop fills the frame; pad keeps the whole picture on white")
+            num_frames = gr.Slider(1, MAX_FRAMES, value=defaults.num_frames, step=1, label="Frames")
             with gr.Row():
-                num_frames = gr.Number(value=defaults.num_frames, label="Frames", info=f"1–{MAX_FRAMES}")
-                fps = gr.Number(value=defaults.fps, label="FPS", info=f"{MIN_FPS}–{MAX_FPS}")
-                motion = gr.Number(value=defaults.motion_bucket_id, label="Motion", info="1–255; more is livelier")
+                fps = gr.Slider(MIN_FPS, MAX_FPS, value=defaults.fps, step=1, label="FPS")
+                motion = gr.Slider(1, MAX_MOTION_BUCKET, value=defaults.motion_bucket_id, step=1, label="Motion",
+                                   info="more is livelier")
             with gr.Accordion("Advanced", open=False):
                 with gr.Row():
-                    noise = gr.Number(value=defaults.noise_aug_strength, label="Noise augmentation",
-                                      info="0–1; more motion, less like the picture")
-                    steps = gr.Number(value=defaults.steps, label="Steps", info=f"1–{MAX_STEPS}")
+                    noise = gr.Slider(0, 1, value=defaults.noise_aug_strength, step=0.01,
+                                      label="Noise augmentation", info="more motion, less like the picture")
+                    steps = gr.Slider(1, MAX_STEPS, value=defaults.steps, step=1, label="Steps")
                     chunk = gr.Number(value=defaults.decode_chunk_size, label="Decode chunk",
                                       info="frames decoded at once; 0 = from free VRAM")
                 gif = gr.Checkbox(value=False, label="Also save a GIF")
@@ -131,15 +170,23 @@ def build(studio: Studio) -> dict[str, gr.Component]:
                 seed = gr.Number(value=-1, label="Seed", info="-1 picks a random seed", scale=3)
                 random_seed = gr.Button("Random", scale=1, size="sm")
                 reuse_seed = gr.Button("Reuse last", scale=1, size="sm")
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary", elem_id="video-generate")
-                stop = gr.Button("Stop", variant="stop", elem_id="video-stop")
         with gr.Column(scale=3):
             video = gr.Video(label="Video", format="mp4", autoplay=True, loop=True, elem_id="video-result")
             files = gr.File(label="Download (MP4, parameters, GIF)", file_count="multiple", interactive=False)
             info = gr.JSON(label="Info (seed used, chunk sizes, timings, preset, model)")
     with gr.Accordion("Recent videos", open=False):
-        history = gr.Gallery(label="Recent", columns=4, height=240, show_label=False)
+        history = gr.Gallery(label="Recent", columns=4, height=240, show_label=False, object_fit="contain",
+                             elem_id="video-history")
+    # What the public endpoint reads instead of the sliders (see the module docstring); the same
+    # labels, defaults and notes as the numbers it had before, so its API description is unchanged.
+    api_numbers = [
+        gr.Number(value=defaults.num_frames, label="Frames", info=f"1–{MAX_FRAMES}", visible=False),
+        gr.Number(value=defaults.fps, label="FPS", info=f"{MIN_FPS}–{MAX_FPS}", visible=False),
+        gr.Number(value=defaults.motion_bucket_id, label="Motion", info="1–255; more is livelier", visible=False),
+        gr.Number(value=defaults.noise_aug_strength, label="Noise augmentation",
+                  info="0–1; more motion, less like the picture", visible=False),
+        gr.Number(value=defaults.steps, label="Steps", info=f"1–{MAX_STEPS}", visible=False),
+    ]
     on_page_load(lambda: recent_videos(studio), history)
     # UI-only settings travel as session state, which the API leaves out (see the module docstring).
     fit_state = gr.State(defaults.fit)
@@ -149,7 +196,9 @@ def build(studio: Studio) -> dict[str, gr.Component]:
     fit.change(lambda value: value, fit, fit_state, api_visibility="private", queue=False)
     gif.change(lambda value: bool(value), gif, gif_state, api_visibility="private", queue=False)
     for trigger in (image.change, fit.change):
-        trigger(lambda path, how: preview(studio, path, how), [image, fit], shown, api_visibility="private")
+        # Queued (gradio shows gr.Warning only from queued events), in its own group: never behind a job.
+        trigger(lambda path, how: preview(studio, path, how), [image, fit], [shown, image],
+                api_visibility="private", concurrency_limit=None, show_progress="minimal")
     random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
     reuse_seed.click(lambda last: -1 if last is None else last, last_seed, seed, api_visibility="private",
                      queue=False)
@@ -178,8 +227,8 @@ def build(studio: Studio) -> dict[str, gr.Component]:
         return generate(studio, inputs, fit, gif, request, progress)
 
     # The public endpoint reads the picture from a hidden JSON input (tabs.common explains why).
-    api_event = api_endpoint(generate_video_api, gpu_seconds, [api_file_input("image"), *inputs[1:]], [video, info],
-                             "generate_video")
+    api_inputs = [api_file_input("image"), *api_numbers, chunk, seed, fit_state, gif_state]
+    api_event = api_endpoint(generate_video_api, gpu_seconds, api_inputs, [video, info], "generate_video")
 
     wire_stop(studio, stop, [event, api_event])
     return {"image": image, "preview": shown}

@@ -64,8 +64,9 @@ def test_the_endpoints_take_exactly_the_contract_inputs(client: Client) -> None:
 def test_variation_and_img2img_return_saved_images_and_info(client: Client, files: dict[str, str]) -> None:
     gallery, info = variation(client, handle_file(files["photo.png"]), num_images=2)
     assert len(gallery) == 2 and info["task"] == "image_variation" and info["seed"] == 5
-    # Size 0: the input's 4:3 aspect at the tiny preset's 256² area, snapped to 128 and at least 256.
-    assert Image.open(gallery[0]["image"]).size == (256, 256) == (info["width"], info["height"])
+    # Size 0: the input's 4:3 aspect near the tiny preset's 256² area in 128-pixel multiples
+    # (issue #14: a 4:3 input gives a wide result, no longer a 256² square).
+    assert Image.open(gallery[0]["image"]).size == (384, 256) == (info["width"], info["height"])
     assert info["input_size"] == [320, 240] and info["preset"] == "tiny"
     saved = Path(info["files"][0])
     with Image.open(saved) as png:

@@ -97,7 +97,28 @@ class TextToImageRequest:
 # ----- image-conditioned Stable Cascade (variation and img2img) --------------------------------
 
 #: Output area when width and height come from the input image: the preset's default size.
+#: ``fit_output_size`` keeps the input's aspect first and this area second (its docstring says how).
 DEFAULT_AREA = 1024 * 1024
+#: An img2img crop to the output's aspect of at least this much of the picture is reported in the
+#: notices; less is rounding (a 1000×1000 photo at 1024² loses 2 px a side).
+NOTED_CROP = 0.005
+
+
+def _crop_notice(image_size: tuple[int, int], output_size: tuple[int, int]) -> str | None:
+    """What img2img's crop to the output's aspect cuts from the picture; None when it is rounding.
+
+    img2img encodes the input scaled to cover the output and centre-cropped, so a size that does
+    not match the input's aspect loses the picture's edges, and the user should know how much.
+    (Variations need no such notice: the CLIP image encoder sees its own 224 px centre crop
+    whatever the output's size.)
+    """
+    (in_w, in_h), (out_w, out_h) = image_size, output_size
+    ratio = (out_w / out_h) / (in_w / in_h)
+    crop = 1 - min(ratio, 1 / ratio)
+    if crop < NOTED_CROP:
+        return None
+    return (f"input aspect {in_w / in_h:.2f} cropped to the output's {out_w / out_h:.2f}: {crop:.0%} of the "
+            "picture cut at its edges")
 
 
 def parse_size_or_auto(field: str, value: Any) -> int | None:
@@ -205,5 +226,8 @@ class Img2ImgRequest(_ImageJob):
         Args: as ``ImageVariationRequest.build``; ``strength`` is a number in [0, 1].
         """
         fields = _image_fields(image, prompt, negative_prompt, width, height, sampling or {}, area)
+        crop = _crop_notice(fields["image"].size, (fields["width"], fields["height"]))
+        if crop:
+            fields["notices"] += (crop,)
         return cls(strength=parse_float("strength", strength, 0.0, 1.0), num_images=1,
                    seed=parse_seed("seed", seed), **fields)

@@ -152,12 +152,25 @@ def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
 
 
 def fit_output_size(width: int | None, height: int | None, image_size: tuple[int, int], area: int,
-                    multiple: int, low: int, high: int) -> tuple[int, int]:
+                    multiple: int, low: int, high: int, *, max_crop: float = 1 / 8) -> tuple[int, int]:
     """Output size for an input image when width and/or height is "from the input" (None).
 
-    Both None: the input's aspect ratio at about ``area`` pixels. One None: that side follows the
-    input's aspect from the other. Each side snaps to ``multiple`` within ``[low, high]``; an
-    aspect beyond what fits is cropped later (the image covers the frame).
+    Both None: the grid size (each side a multiple of ``multiple`` in ``[low, high]``) that keeps
+    the input's aspect ratio and comes nearest ``area`` pixels. Rounding each side of the exact
+    size separately failed at small areas: on the tiny preset's 256² grid a 640×480 picture
+    rounded to 256×256, cropping a quarter of it away. So the aspect comes first:
+
+    1. Sizes whose aspect differs so little from the input's that covering the frame (the image
+       is cropped to the output's aspect later) cuts at most ``max_crop`` of the picture are
+       eligible: 1/8 lets 4:3 become 3:2 (1/9 cropped) but never a square (1/4 cropped).
+    2. Of those, the one with the smallest sum of the two errors, ``|log(aspect / input's)|``
+       + ``|log(pixels / area)|``, wins: at 1024² a 4:3 photo gets 1152×896 (close to both)
+       rather than 1024×768 (exact aspect at 3/4 of the area); at 256², 384×256 (1.5 × the
+       area) rather than 512×384 (exact aspect at 3 ×).
+    3. When no size is eligible (an aspect beyond what ``[low, high]`` allows, e.g. 1:20),
+       the closest aspect wins, then the nearest area.
+
+    One None: that side follows the input's aspect from the other, snapped to the grid.
     """
     image_w, image_h = image_size
     aspect = image_w / image_h
@@ -166,7 +179,17 @@ def fit_output_size(width: int | None, height: int | None, image_size: tuple[int
         return int(min(max(round(value / multiple) * multiple, low), high))
 
     if width is None and height is None:
-        return snap(math.sqrt(area * aspect)), snap(math.sqrt(area / aspect))
+        sides = range(-(-low // multiple) * multiple, high // multiple * multiple + 1, multiple)
+        limit = -math.log(1 - max_crop) + 1e-9  # the tolerance keeps an exact 1/8 crop eligible
+
+        def errors(size: tuple[int, int]) -> tuple[float, float]:
+            return abs(math.log(size[0] / size[1] / aspect)), abs(math.log(size[0] * size[1] / area))
+
+        candidates = [(w, h) for w in sides for h in sides]
+        eligible = [size for size in candidates if errors(size)[0] <= limit]
+        if eligible:
+            return min(eligible, key=lambda size: (sum(errors(size)), size))
+        return min(candidates, key=lambda size: (*errors(size), size))
     if width is None:
         assert height is not None
         return snap(height * aspect), height

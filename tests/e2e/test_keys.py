@@ -34,7 +34,7 @@ def test_ctrl_enter_runs_the_open_sub_tab_of_variation(checks: BrowserChecks, tm
     page.locator("#variation-image input[type=file]").set_input_files(str(picture))
     checks.image(page.locator("#variation-input-preview img"), (256, 256))
     checks.open_tab("img2img", within=panel)
-    checks.fill(panel.get_by_label("Strength", exact=True), "0.6")
+    checks.fill(panel.get_by_label("number input for Strength", exact=True), "0.6")
     prompt = panel.get_by_label("Prompt", exact=True)
     checks.fill(prompt, "a red house")
     prompt.press("Control+Enter")  # the prompt sits above the sub-tabs: img2img is the open one

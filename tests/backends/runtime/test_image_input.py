@@ -186,3 +186,46 @@ def test_the_rotation_notice_reaches_the_requests_info(tmp_path: Path) -> None:
     job = variation(path)
     assert job.input_size == (300, 400)
     assert job.notices[0] == "input rotated 90° counter-clockwise from its EXIF orientation"
+
+
+def tiny_fit(size: tuple[int, int]) -> tuple[int, int]:
+    """The size from the input at the tiny preset's 256² area (sides 256–2048, multiples of 128)."""
+    return fit_output_size(None, None, size, 256 * 256, 128, 256, 2048)
+
+
+def test_size_from_the_input_keeps_its_aspect_at_small_areas() -> None:
+    # Rounding each side alone gave 256×256 for all of these: a quarter of a 4:3 picture cropped.
+    assert tiny_fit((640, 480)) == (384, 256)
+    assert tiny_fit((480, 640)) == (256, 384)
+    assert tiny_fit((600, 400)) == (384, 256)  # 3:2 exactly
+    assert tiny_fit((1600, 900)) == (512, 256)
+    assert tiny_fit((1280, 1024)) == (512, 384)  # 5:4: 384×256 would crop 1/6, so the next size up
+    assert tiny_fit((1000, 1000)) == (256, 256)
+    assert tiny_fit((1100, 1000)) == (256, 256)  # close enough to square: the area decides
+
+
+@pytest.mark.parametrize("area", [256 * 256, 768 * 768, 1024 * 1024])
+def test_size_from_the_input_crops_at_most_an_eighth_where_the_grid_allows(area: int) -> None:
+    for aspect in np.geomspace(1 / 6, 6, 41):
+        size = (round(3000 * aspect), 3000)
+        width, height = fit_output_size(None, None, size, area, 128, 256, 2048)
+        assert width % 128 == 0 and height % 128 == 0 and 256 <= min(width, height) <= max(width, height) <= 2048
+        ratio = (width / height) / (size[0] / size[1])
+        assert 1 - min(ratio, 1 / ratio) <= 1 / 8 + 1e-9, (area, size, (width, height))
+        assert (width >= height) == (size[0] >= size[1]) or abs(aspect - 1) < 0.15  # orientation kept
+
+
+def test_the_fitted_size_and_the_crop_are_in_the_notices(tmp_path: Path) -> None:
+    photo = saved(Image.new("RGB", (640, 480), (50, 100, 150)), tmp_path / "photo.png")
+    job = ImageVariationRequest.build(photo, "", "", 0, 0, 1, 3, area=256 * 256)
+    assert (job.width, job.height) == (384, 256)
+    assert "output size 384×256 from the input's aspect ratio" in job.notices
+    assert not any("cropped" in note for note in job.notices)  # CLIP sees its own centre crop anyway
+    edit = Img2ImgRequest.build(photo, "", "", 0.5, 0, 0, 3, area=256 * 256)
+    assert (edit.width, edit.height) == (384, 256)
+    assert "input aspect 1.33 cropped to the output's 1.50: 11% of the picture cut at its edges" in edit.notices
+    square = Img2ImgRequest.build(photo, "", "", 0.5, 256, 256, 3, area=256 * 256)  # a size given: still said
+    assert "input aspect 1.33 cropped to the output's 1.00: 25% of the picture cut at its edges" in square.notices
+    exact = Img2ImgRequest.build(saved(Image.new("RGB", (600, 400)), tmp_path / "exact.png"), "", "", 0.5, 0, 0, 3,
+                                 area=256 * 256)
+    assert (exact.width, exact.height) == (384, 256) and not any("cropped" in note for note in exact.notices)
