@@ -170,6 +170,7 @@ CONTRACT = {
     "/chat": ["message", "history", "system_prompt", "temperature", "top_p", "max_new_tokens"],
     "/status": [],
     "/unload": ["name"],
+    "/png_info": ["image"],
 }
 
 
