@@ -231,29 +231,40 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
 
 
 def _wire_send_to(handles: dict[str, dict[str, Any]], tab_set: Any) -> None:
-    """Add a "Send to …" button under the Image tab's result for each tab that takes an image.
+    """Add "Send to …" buttons under each picture result for each tab that takes a picture.
 
-    Tabs never import each other; they hand ``app.py`` named components and it connects them.
+    A tab with results hands ``app.py`` a ``send_row`` and its ``selected_image`` (Image,
+    Variation); a tab that takes a picture hands its ``image`` input (Variation, Video, 3D
+    orbit). Where both tabs have a ``prompt``, it travels with the picture. Tabs never import
+    each other; ``app.py`` connects them.
     """
     import gradio as gr
 
-    source = handles.get("image", {})
-    if "send_row" not in source:
-        return
-    for name, target in handles.items():
-        if name == "image" or "image" not in target:
+    for origin, source in handles.items():
+        if "send_row" not in source or "selected_image" not in source:
             continue
+        for name, target in handles.items():
+            if "image" not in target:
+                continue
+            carry = name != origin and "prompt" in source and "prompt" in target
+            inputs = [source["selected_image"], *([source["prompt"]] if carry else [])]
+            outputs = [target["image"], tab_set, *([target["prompt"]] if carry else [])]
 
-        def send(path: str | None, name: str = name) -> tuple[Any, Any]:
-            if not path:
-                gr.Warning("Generate an image first (or click one in the result).")
-                return gr.skip(), gr.skip()
-            return path, gr.Tabs(selected=name)
+            def send(path: str | None, *text: Any, name: str = name) -> tuple[Any, ...]:
+                if not path:
+                    gr.Warning(f"Send to {TAB_TITLES[name]}: there is no result to send yet. Generate one "
+                               "first (or click a picture in the result).")
+                    return (gr.skip(),) * (2 + len(text))
+                return (path, gr.Tabs(selected=name), *text)
 
-        with source["send_row"]:
-            button = gr.Button(f"Send to {TAB_TITLES[name]}", size="sm", elem_id=f"send-to-{name}")
-        button.click(send, source["selected_image"], [target["image"], tab_set],
-                     api_visibility="private", queue=False)
+            # The Image tab's buttons keep their first ids (send-to-<tab>); others name their tab.
+            elem_id = f"send-to-{name}" if origin == "image" else f"{origin}-send-to-{name}"
+            with source["send_row"]:
+                button = gr.Button(f"Send to {TAB_TITLES[name]}", size="sm", elem_id=elem_id)
+            # Queued (in a group of its own, never behind the GPU): gradio drops gr.Warning from
+            # events outside the queue, and the no-result notice is the point.
+            button.click(send, inputs, outputs, api_visibility="private", concurrency_limit=None,
+                         concurrency_id="send-to", show_progress="hidden")
 
 
 def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,

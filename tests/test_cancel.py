@@ -73,9 +73,10 @@ def test_a_closed_page_stops_its_job(launch_studio: Callable[..., tuple[Studio, 
     prompt = page.get_by_label("Prompt", exact=True)
     prompt.fill("a long job")
     page.get_by_text("Advanced", exact=True).click()
-    for label, value in (("Width", "512"), ("Height", "512"), ("Stage C steps", "100"), ("Stage B steps", "50")):
-        field = page.get_by_label(label, exact=True)
-        field.fill(value)
+    # Stage C and B steps are sliders, whose number box gradio 6.31 labels "number input for …".
+    for label, value in (("Width", "512"), ("Height", "512"), ("number input for Stage C steps", "100"),
+                         ("number input for Stage B steps", "50")):
+        page.get_by_label(label, exact=True).fill(value)
     page.locator("#image-generate").click()
     wait_until_running(studio)
     started = time.perf_counter()

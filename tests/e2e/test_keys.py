@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.helpers import JOB_TIMEOUT_MS, UI_TIMEOUT_MS, BrowserChecks, Served
+from tests.e2e.helpers import JOB_TIMEOUT_MS, UI_TIMEOUT_MS, BrowserChecks, Served, make_it_long
 
 APP_ARGV = ["--tabs", "image,variation,video"]
 
@@ -46,8 +46,7 @@ def test_escape_stops_the_running_job(checks: BrowserChecks, served: Served) -> 
     page = checks.on("keys").page
     panel = checks.open_tab("Image")
     checks.fill(panel.get_by_label("Prompt", exact=True), "a long job")
-    checks.expand(panel, "Advanced")
-    checks.fill(panel.get_by_label("Stage C steps", exact=True), "100")
+    make_it_long(checks, panel)
     before = set(served.outputs.rglob("*.png"))
     page.locator("#image-generate").click()
     checks.shows(page.locator("#image-gallery"), re.compile(r"Stage C \(prior\): step \d+/100"), timeout=JOB_TIMEOUT_MS)
@@ -69,8 +68,7 @@ def test_the_title_shows_the_percentage_and_a_waiting_job_how_many_are_ahead(
     page = checks.on("keys").page
     panel = checks.open_tab("Image")
     checks.fill(panel.get_by_label("Prompt", exact=True), "a long job")
-    checks.expand(panel, "Advanced")
-    checks.fill(panel.get_by_label("Stage C steps", exact=True), "100")
+    make_it_long(checks, panel)
     page.locator("#image-generate").click()
     gallery = page.locator("#image-gallery")
     checks.shows(gallery, re.compile(r"Stage C \(prior\): step \d+/100 · \d+% of the job"), timeout=JOB_TIMEOUT_MS)
