@@ -52,7 +52,7 @@ from tabs.common import (
     user_errors,
     wire_stop,
 )
-from tabs.streaming import image_job, wire_result_restore
+from tabs.streaming import image_job, wire_result_restore, wire_selection
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,6 @@ def build(studio: Studio) -> dict[str, Any]:
     # Filled at every page load, so the history is fresh after a restart.
     on_page_load(lambda: recent_images(studio), history)
     last_seed = gr.State(value=None)
-    selected = gr.State(value=None)  # path of the result image the user picked (first by default)
     previews = gr.State(value=False)  # the switch, as an input that API calls do not see
     previews_box.change(lambda on: on, previews_box, previews, api_visibility="private", queue=False)
 
@@ -305,14 +304,7 @@ def build(studio: Studio) -> dict[str, Any]:
                       api_name="generate_image", preprocess=False, **GPU_QUEUE)
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
-    event.then(lambda data: ((data or {}).get("files") or [None])[0], info, selected,
-               api_visibility="private", queue=False)
-
-    def on_select(data: dict | None, evt: gr.SelectData) -> str | None:
-        files = (data or {}).get("files") or []
-        return files[evt.index] if isinstance(evt.index, int) and evt.index < len(files) else None
-
-    gallery.select(on_select, info, selected, api_visibility="private", queue=False)
+    selected = wire_selection([event], gallery, info)
 
     wire_result_restore(wire_stop(studio, stop, [event]), [event], gallery, info)
     wire_png_info(png_file, [prompt, negative, width, height, prior_steps, decoder_steps, prior_guidance,

@@ -142,6 +142,22 @@ def result_gallery(info: dict[str, Any] | None) -> list[tuple[str, str]] | None:
     return [(str(path), f"seed {info['seed']} #{i + 1}") for i, path in enumerate(files)]
 
 
+def wire_selection(events: list[Any], gallery: gr.Gallery, info: gr.JSON) -> gr.State:
+    """A State with the path of the result picture the user picked: the first after each run, then
+    the one clicked in the gallery. What "Send to …" sends (``app.py``)."""
+    selected = gr.State(value=None)
+    for event in events:
+        event.then(lambda data: ((data or {}).get("files") or [None])[0], info, selected,
+                   api_visibility="private", queue=False)
+
+    def on_select(data: dict | None, evt: gr.SelectData) -> str | None:
+        files = (data or {}).get("files") or []
+        return files[evt.index] if isinstance(evt.index, int) and evt.index < len(files) else None
+
+    gallery.select(on_select, info, selected, api_visibility="private", queue=False)
+    return selected
+
+
 def wire_result_restore(stop_event: Any, events: list[Any], gallery: gr.Gallery, info: gr.JSON) -> None:
     """Keep each finished result, and put it back after Stop in place of live previews.
 

@@ -58,7 +58,7 @@ from tabs.common import (
     user_errors,
     wire_stop,
 )
-from tabs.streaming import image_job, wire_result_restore
+from tabs.streaming import image_job, wire_result_restore, wire_selection
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,6 @@ def build(studio: Studio) -> dict[str, Any]:
     # Filled at every page load, so the history is fresh after a restart.
     on_page_load(lambda: recent_results(studio), history)
     last_seed = gr.State(value=None)
-    selected = gr.State(value=None)  # path of the result image the user picked (first by default)
     previews = gr.State(value=False)  # the switch, as an input that API calls do not see
     # What the public endpoints read instead of the sliders (see the module docstring).
     api_num_images = gr.Number(value=defaults.num_images, label="Images", info=f"1–{MAX_IMAGES}", visible=False)
@@ -253,14 +252,7 @@ def build(studio: Studio) -> dict[str, Any]:
     for event in events:
         event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
         event.then(lambda: recent_results(studio), None, history, api_visibility="private", queue=False)
-        event.then(lambda data: ((data or {}).get("files") or [None])[0], info, selected,
-                   api_visibility="private", queue=False)
-
-    def on_select(data: dict | None, evt: gr.SelectData) -> str | None:
-        files = (data or {}).get("files") or []
-        return files[evt.index] if isinstance(evt.index, int) and evt.index < len(files) else None
-
-    gallery.select(on_select, info, selected, api_visibility="private", queue=False)
+    selected = wire_selection(events, gallery, info)
 
     # The public endpoints read the picture from a hidden JSON input (tabs.common explains why)
     # and run without previews.
