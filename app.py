@@ -274,14 +274,16 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     ``studio`` lets tests keep the Studio they serve, to arm faults or count loads; the app
     itself always builds its own from ``args``.
     """
-    from tabs import keys, web_guard
+    from tabs import keys, queue_wait, web_guard
 
     studio = studio if studio is not None else build_studio(args)
     demo = build_ui(studio, args.tabs)
     demo.queue(default_concurrency_limit=4)
     auth = resolve_auth(args)
-    # Login on every route, a failed-login throttle, named missing API inputs (tabs/web_guard.py).
-    guards = web_guard.middleware(demo, AUTH_MESSAGE, on_cancel=studio.stop_job)
+    # Login on every route, a failed-login throttle, named missing API inputs (tabs/web_guard.py);
+    # then the page's queue-wait route, behind the login like every other (tabs/queue_wait.py).
+    guards = [*web_guard.middleware(demo, AUTH_MESSAGE, on_cancel=studio.stop_job),
+              queue_wait.middleware(studio.queue_wait)]
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port, auth=auth, share=args.share,
         allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from backends.runtime.requests import image_seed
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,15 +53,20 @@ class StockCascade:
             pipe.remove_all_hooks()
 
     def run(self, request: Any) -> tuple[torch.Tensor, list[Any]]:
-        """One text-to-image: stage C latents and PIL images, seeded as our backend seeds them."""
-        embeddings = self.prior(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, height=request.height,
-            width=request.width, num_inference_steps=request.prior_steps, guidance_scale=request.prior_guidance,
-            num_images_per_prompt=request.num_images, generator=torch.Generator("cpu").manual_seed(request.seed),
-        ).image_embeddings
-        images = self.decoder(
-            image_embeddings=embeddings, prompt=request.prompt, negative_prompt=request.negative_prompt,
-            num_inference_steps=request.decoder_steps, guidance_scale=request.decoder_guidance,
-            generator=torch.Generator("cpu").manual_seed(request.seed + 1), output_type="pil",
-        ).images
-        return embeddings, images
+        """One text-to-image: stage C latents and PIL images, seeded as our backend seeds them
+        (image i at ``image_seed(seed, i)``, its stage B at that + 1)."""
+        all_embeddings, images = [], []
+        for index in range(request.num_images):
+            seed = image_seed(request.seed, index)
+            embeddings = self.prior(
+                prompt=request.prompt, negative_prompt=request.negative_prompt, height=request.height,
+                width=request.width, num_inference_steps=request.prior_steps, guidance_scale=request.prior_guidance,
+                num_images_per_prompt=1, generator=torch.Generator("cpu").manual_seed(seed),
+            ).image_embeddings
+            images += self.decoder(
+                image_embeddings=embeddings, prompt=request.prompt, negative_prompt=request.negative_prompt,
+                num_inference_steps=request.decoder_steps, guidance_scale=request.decoder_guidance,
+                generator=torch.Generator("cpu").manual_seed(seed + 1), output_type="pil",
+            ).images
+            all_embeddings.append(embeddings)
+        return torch.cat(all_embeddings), images

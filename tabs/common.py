@@ -89,7 +89,8 @@ def user_errors(what: str, work: Callable[[], T]) -> T:
                        "details; the app is still running.") from error
 
 
-def gradio_progress(progress: gr.Progress, plan: Sequence[int] = ()) -> ProgressFn:
+def gradio_progress(progress: gr.Progress, plan: Sequence[int] = (), *,
+                    on_fraction: Callable[[float], None] | None = None) -> ProgressFn:
     """Adapt a backend ``ProgressFn`` call to Gradio's progress bar: one bar for the whole job.
 
     Args:
@@ -98,6 +99,9 @@ def gradio_progress(progress: gr.Progress, plan: Sequence[int] = ()) -> Progress
             left. A stage's own report of its total replaces the planned one (img2img runs fewer
             stage C steps than asked). The estimate counts every step alike; it settles as the
             job goes. Without a plan, each stage fills the bar on its own.
+        on_fraction: told the fraction of the job done at each report (the job's
+            ``JobControl.progressed``), so that a job waiting behind this one can be told how
+            long it will wait. Without a plan, the fraction is that of the current stage.
     """
     seen: list[str] = []
     totals = list(plan)
@@ -108,11 +112,15 @@ def gradio_progress(progress: gr.Progress, plan: Sequence[int] = ()) -> Progress
             seen.append(stage)
         index = seen.index(stage)
         if not plan:
+            if on_fraction is not None:
+                on_fraction(min(1.0, step / max(1, total)))
             progress((step, total), desc=f"{stage}: step {step}/{total}", unit="steps")
             return
         totals.extend([0] * (index + 1 - len(totals)))  # a stage the plan did not know of
         totals[index] = total
         fraction = min(1.0, (sum(totals[:index]) + step) / max(1, sum(totals)))
+        if on_fraction is not None:
+            on_fraction(fraction)
         elapsed = time.monotonic() - started
         left = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
         eta = f" · about {_duration(left)} left" if 0 < fraction < 1 and elapsed >= ETA_AFTER_S else ""
@@ -189,12 +197,21 @@ def end_jobs_with_the_page(studio: Any, blocks: gr.Blocks) -> None:
     blocks.unload(on_unload)
 
 
-def wire_stop(studio: Any, stop: gr.Button, events: list[Any],
-              notice: str = "Stopping after the current step; nothing will be saved.") -> Any:
+#: Stop's notice where a job is one result (a video, an orbit): stopped, it leaves nothing.
+STOP_NOTICE = "Stopping after the current step; nothing will be saved."
+#: Stop's notice where a job makes its images one after another (``wire_stop(keep_finished=True)``).
+STOP_KEEPS_NOTICE = "Stopping after the current step; only images already finished are saved."
+
+
+def wire_stop(studio: Any, stop: gr.Button, events: list[Any], notice: str = STOP_NOTICE, *,
+              keep_finished: bool = False) -> Any:
     """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``.
 
     Args:
         notice: what the user reads when a job was running (chat stops between tokens, not steps).
+        keep_finished: the events' jobs end themselves with what they finished (the images of a
+            batch made before Stop, as AUTOMATIC1111's Interrupt keeps them), so Stop does not
+            cancel them: a cancelled event could no longer show or save those images.
 
     Returns:
         The Stop event, for a tab to chain what it shows once the job was cancelled.
@@ -206,7 +223,8 @@ def wire_stop(studio: Any, stop: gr.Button, events: list[Any],
 
     # Queued, but in its own unlimited group: gradio drops gr.Info from events outside the queue,
     # and Stop must never wait behind the GPU job it stops.
-    return stop.click(on_stop, None, None, cancels=events, api_visibility="private", concurrency_limit=None)
+    return stop.click(on_stop, None, None, cancels=None if keep_finished else events,
+                      api_visibility="private", concurrency_limit=None)
 
 
 # ----- API endpoints that take a picture ----------------------------------------------------------

@@ -14,9 +14,17 @@ The same script keeps two more habits of the anchors' pages:
 
 - **the browser tab's title shows the running job's percentage** ("42% · Cascade Studio"), read
   from gradio's progress bar (``role="progressbar"``, ``aria-valuenow``);
-- **a job waiting behind others says how many** ("1 job ahead"), where gradio 6.31 writes
-  "queue: 1/1" (its position among the waiting jobs, while one more is running); gradio's own
-  timer with the expected wait stays beside it.
+- **a job waiting behind others says how many, and about how long it will wait** ("1 job
+  ahead, about 40 s"), where gradio 6.31 writes "queue: 1/1" (its place among the waiting
+  jobs, while one more runs). The wait is the running job's time left plus the average job for
+  each one waiting between, from ``GET /studio_api/queue_wait`` (``tabs/queue_wait.py``), asked
+  about once a second while a visible status tracker waits, and not at all otherwise. Until
+  something is known (no job has finished and the running one has not reported progress) it
+  says only how many. gradio's own elapsed timer stays after the "|".
+
+The route lies below gradio's root path, as gradio's own routes do: the script takes the path of
+``gradio_config.root`` (the page's own where it is missing) on the page's origin, the way
+gradio's client resolves its root, so the app works behind a proxy that serves it under a prefix.
 """
 
 from __future__ import annotations
@@ -48,20 +56,49 @@ SHORTCUTS_JS = r"""
   }, true);
 
   const title = document.title;
+  // "queue: 1/1 |" is gradio's; "1 job ahead, about 40 s |" is this script's own, matched again to
+  // keep its time current (gradio writes a text node again only when its own value changes).
+  const queued = /^(?:queue: (\d+)\/\d+|(\d+) jobs? ahead(?:, about [^|]*)?) \|/;
+  const root = new URL((window.gradio_config && window.gradio_config.root) || location.href, location.href);
+  const waitUrl = new URL(`${root.pathname.replace(/\/$/, '')}/studio_api/queue_wait`, location.origin);
+  let wait = null, askedAt = 0, asking = false;
+  const ask = () => {
+    if (asking || Date.now() - askedAt < 1000) return;
+    asking = true;
+    askedAt = Date.now();
+    fetch(waitUrl, {credentials: 'same-origin', cache: 'no-store'})
+      .then((response) => (response.ok ? response.json() : null))
+      .then((answer) => { wait = answer && {...answer, at: Date.now()}; })
+      .catch(() => { wait = null; })
+      .finally(() => { asking = false; });
+  };
+  const about = (ahead) => {
+    // Nothing running that the Studio knows of (it is just starting): count it as an average job.
+    const running = wait && (wait.running_left_s ?? wait.average_s);
+    if (running == null || (ahead > 1 && wait.average_s == null)) return '';
+    const seconds = Math.max(0, running - (Date.now() - wait.at) / 1000) + (ahead - 1) * (wait.average_s ?? 0);
+    return seconds < 90 ? `, about ${Math.max(1, Math.round(seconds))} s` : `, about ${Math.round(seconds / 60)} min`;
+  };
   setInterval(() => {
     const bars = [...document.querySelectorAll('[role="progressbar"][aria-valuenow]')].filter(shown);
     const done = bars.map((bar) => Number(bar.getAttribute('aria-valuenow'))).filter(Number.isFinite);
     document.title = done.length ? `${Math.round(Math.max(...done))}% · ${title}` : title;
+    let waiting = false;
     for (const tracker of document.querySelectorAll('[data-testid="status-tracker"]')) {
       const walker = document.createTreeWalker(tracker, NodeFilter.SHOW_TEXT);
       for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-        const queued = /^queue: (\d+)\/\d+ \|/.exec(node.data);
-        if (queued) {
-          const ahead = Number(queued[1]);
-          node.data = node.data.replace(queued[0], `${ahead} job${ahead === 1 ? '' : 's'} ahead |`);
+        const match = queued.exec(node.data);
+        if (match) {
+          const ahead = Number(match[1] ?? match[2]);
+          const jobs = `${ahead} job${ahead === 1 ? '' : 's'} ahead`;
+          const text = node.data.replace(match[0], `${jobs}${about(ahead)} |`);
+          if (text !== node.data) node.data = text;
+          waiting = waiting || shown(tracker);
         }
       }
     }
+    if (waiting) ask();
+    else wait = null;  // the next wait starts from a fresh answer, not this one's
   }, 250);
 }
 """

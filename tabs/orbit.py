@@ -57,7 +57,7 @@ def generate(studio: Studio, inputs: list[Any], request: gr.Request | None,
         control = studio.start_job(session)
         try:
             # Denoising, then decoding frame by frame: one bar over both.
-            report = gradio_progress(progress, (req.steps, req.num_frames))
+            report = gradio_progress(progress, (req.steps, req.num_frames), on_fraction=control.progressed)
             result = studio.registry.run("orbit", req, control.wrap(report))
         finally:
             studio.finish_job(session, control)

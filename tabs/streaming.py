@@ -61,8 +61,9 @@ def run_job(studio: Studio, session: str, task: str, request: Any, progress: gr.
         Stopped: the user pressed Stop (``user_errors`` said so already).
     """
     control = studio.start_job(session)
-    # Stages C, B and A: one bar over the whole job.
-    report = control.wrap(gradio_progress(progress, (request.prior_steps, request.decoder_steps, 1)))
+    # Stages C, B and A of each image in turn: one bar over the whole job.
+    plan = (request.prior_steps, request.decoder_steps, 1) * request.num_images
+    report = control.wrap(gradio_progress(progress, plan, on_fraction=control.progressed))
     worker: threading.Thread | None = None
     try:
         if not previews:
@@ -123,10 +124,16 @@ def image_job(studio: Studio, task: str, build: Callable[[], Any], previews: Any
             else:
                 result = item
     except Stopped:
-        return  # nothing to save; the tab's Stop chain puts the previous result back (restore_result)
+        return  # nothing finished, nothing to save; ``wire_result_restore`` puts the previous result back
     info = {**result.info, "seed": job.seed, "preset": studio.preset.name}
-    paths = user_errors(what, lambda: studio.outputs.save_images(result.images, {**job.as_dict(), **info}))
+    # Each file carries its own image's seed, so PNG Info or a reused seed makes that picture again.
+    own = [{"seed": seed, "num_images": 1, "batch_seed": job.seed} for seed in info.get("seeds", [])]
+    paths = user_errors(what, lambda: studio.outputs.save_images(result.images, {**job.as_dict(), **info},
+                                                                 per_image=own or None))
     info["files"] = [str(p) for p in paths]
+    if len(paths) < job.num_images:
+        kept = "the finished one is" if len(paths) == 1 else f"the {len(paths)} finished are"
+        gr.Info(f"Stopped after {len(paths)} of {job.num_images} images; {kept} kept and saved.")
     yield result_gallery(info), info
 
 
@@ -139,7 +146,9 @@ def result_gallery(info: dict[str, Any] | None) -> list[tuple[str, str]] | None:
     files = (info or {}).get("files")
     if not isinstance(files, list):
         return None
-    return [(str(path), f"seed {info['seed']} #{i + 1}") for i, path in enumerate(files)]
+    seeds = info.get("seeds") or [info.get("seed")] * len(files)
+    return [(str(path), f"seed {seed} #{i + 1}") for i, (path, seed) in enumerate(zip(files, seeds))]
+
 
 
 def wire_selection(events: list[Any], gallery: gr.Gallery, info: gr.JSON) -> gr.State:
@@ -158,19 +167,20 @@ def wire_selection(events: list[Any], gallery: gr.Gallery, info: gr.JSON) -> gr.
     return selected
 
 
-def wire_result_restore(stop_event: Any, events: list[Any], gallery: gr.Gallery, info: gr.JSON) -> None:
-    """Keep each finished result, and put it back after Stop in place of live previews.
+def wire_result_restore(events: list[Any], gallery: gr.Gallery, info: gr.JSON) -> None:
+    """Keep each finished result, and put it back when a stopped job leaves live previews showing.
 
-    A stopped job saves nothing and its event is cancelled, so with previews on the gallery would
-    go on showing the last preview as if it were the result. The last result lives in a State
-    (never an API input) and comes back once Stop's cancel is done.
+    A job stopped before its first image saves nothing and ends without a result, so with
+    previews on the gallery would go on showing the last preview as if it were the result. The
+    last result lives in a State (never an API input) and comes back once the job has ended; a
+    job that ended with images (all of them, or those finished before Stop) shows no preview.
     """
     kept = gr.State(None)
-    for event in events:
-        event.then(result_gallery, info, kept, api_visibility="private", queue=False)
 
     def restore(shown: list[Any] | None, previous: list[Any] | None) -> Any:
         previewing = any(str(caption or "").startswith(PREVIEW_CAPTION) for _, caption in shown or [])
         return (previous or []) if previewing else gr.skip()
 
-    stop_event.then(restore, [gallery, kept], gallery, api_visibility="private", queue=False)
+    for event in events:
+        event.then(restore, [gallery, kept], gallery, api_visibility="private", queue=False).then(
+            result_gallery, info, kept, api_visibility="private", queue=False)

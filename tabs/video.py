@@ -75,7 +75,7 @@ def generate(studio: Studio, inputs: list[Any], fit: str, gif: bool, request: gr
         control = studio.start_job(session)
         try:
             # Denoising, then decoding frame by frame: one bar over both.
-            report = gradio_progress(progress, (req.steps, req.num_frames))
+            report = gradio_progress(progress, (req.steps, req.num_frames), on_fraction=control.progressed)
             result = studio.registry.run("image_to_video", req, control.wrap(report))
         finally:
             studio.finish_job(session, control)

@@ -434,3 +434,13 @@ def test_raw_api_checks_come_after_the_login(guarded: Guarded) -> None:
     with logged_in_session(guarded.url) as session:
         response = session.post("gradio_api/call/generate_image", json={"data": []})
     assert response.status_code == 422 and "negative_prompt" in response.json()["error"]
+
+
+def test_the_queue_wait_route_needs_the_login(guarded: Guarded, tally: Any) -> None:
+    """The page's own route (``tabs/queue_wait.py``) is not in FastAPI's table, so it is tried here."""
+    for route in ("studio_api/queue_wait", "studio_api/queue_wait/"):
+        assert_not_authenticated(httpx.get(f"{guarded.url}{route}", cookies={}, timeout=30))
+        tally.add("security", f"login: GET /{route}", attempts=1, refused=1)
+    with logged_in_session(guarded.url) as session:
+        response = session.get("studio_api/queue_wait")
+    assert response.status_code == 200 and set(response.json()) == {"running_left_s", "average_s"}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -47,11 +47,11 @@ from backends.cascade.stages import (
     stage_c_size,
     working_bytes,
 )
-from backends.runtime.errors import UnknownNameError
+from backends.runtime.errors import Cancelled, UnknownNameError
 from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
-from backends.runtime.previews import preview_channel
+from backends.runtime.previews import numbered, preview_channel
 from backends.runtime.progress import ProgressFn
-from backends.runtime.requests import MAX_PROMPT_CHARS
+from backends.runtime.requests import MAX_PROMPT_CHARS, image_seed
 
 if TYPE_CHECKING:
     from backends.runtime.memory import MemoryManager
@@ -60,8 +60,8 @@ logger = logging.getLogger(__name__)
 
 _STAGES = ("text_encoder", "prior", "decoder", "vqgan")
 #: Request fields copied into the info JSON as they are.
-_INFO_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "num_images", "prior_steps", "decoder_steps", "prior_guidance",
-                "decoder_guidance")
+_INFO_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "num_images", "prior_steps", "decoder_steps",
+                "prior_guidance", "decoder_guidance")
 
 
 @dataclass
@@ -174,61 +174,96 @@ class CascadeBackend:
     ) -> list[Image.Image]:
         """Run stages B and A on given stage C latents, seeded from ``request.seed``.
 
-        This is the second half of ``run``: the same latents and request give the same images.
+        This is the second half of ``run``: the same latents and request give the same images
+        (image ``i`` decoded at ``image_seed(seed, i) + 1``).
         """
         if stage_c_latents.ndim != 4:
             shape = tuple(stage_c_latents.shape)
             raise ValueError(f"stage C latents must be (batch, channels, height, width), got {shape}")
         timings: dict[str, float] = {}
-        text = self._encode_text(request, stage_c_latents.shape[0], for_prior=False, timings=timings)
-        latents = self._stage_b(stage_c_latents, text, request, progress, timings)
-        return self._stage_a(latents, request, progress, timings)
+        text = self._encode_text(request, 1, for_prior=False, timings=timings)
+        images: list[Image.Image] = []
+        for index, stage_c in enumerate(stage_c_latents.split(1)):
+            one = replace(request, seed=image_seed(request.seed, index), num_images=1)  # type: ignore[type-var]
+            report = numbered(progress, index, stage_c_latents.shape[0])
+            images += self._stage_a(self._stage_b(stage_c, text, one, report, timings), one, timings)
+            report(STAGE_A, 1, 1)
+        return images
 
     # ----- the stages ----------------------------------------------------------------------
     def generate(self, task: str, request: CascadeJob, progress: ProgressFn, started: float,
                  timings: dict[str, float], *, clip_img: torch.Tensor | None = None,
                  start: StageCStart | None = None, extra_info: Mapping[str, Any] | None = None,
                  notices: Sequence[str] = ()) -> ImageResult:
-        """Stages C, B and A for any task; the image tasks pass what they computed first.
+        """Stages C, B and A for any task, one image after another; the image tasks pass what they
+        computed first.
+
+        Image ``i`` of a job is the job at ``image_seed(seed, i)`` with one image, as in
+        AUTOMATIC1111's batch count and Fooocus: any picture of a batch can be made again alone
+        from the seed its file carries, and Stop keeps the images already finished. On a GPU the
+        cost is small, since stage C at batch 1 with guidance already fills it.
 
         Args:
             task: the task name for the info.
             started: ``time.perf_counter()`` when the job began (the total includes image encoding).
             timings: seconds by stage so far; the stages add theirs.
-            clip_img: (n, 1, C) CLIP image embedding for stage C (variation); zeros when None.
+            clip_img: (1, 1, C) CLIP image embedding for stage C (variation); zeros when None.
             start: img2img's starting latent; at strength 0 stage C does not run at all.
             extra_info: task fields for the info JSON.
             notices: the request's own notices (input conversions and fits).
+
+        Raises:
+            Cancelled: Stop came before the first image was finished. Once one is, Stop ends the
+                job with the finished images and a notice that says how many.
         """
+        total = request.num_images
         skip_prior = start is not None and start.steps(request.prior_steps) == 0
-        text = self._encode_text(request, request.num_images, for_prior=not skip_prior, timings=timings)
-        if skip_prior:
-            assert start is not None
-            stage_c = start.latents.expand(request.num_images, -1, -1, -1)
-        else:
-            stage_c = self._stage_c(text, request, progress, timings, clip_img=clip_img, start=start)
-        latents = self._stage_b(stage_c, text, request, progress, timings)
-        images = self._stage_a(latents, request, progress, timings)
+        text = self._encode_text(request, 1, for_prior=not skip_prior, timings=timings)
+        images: list[Image.Image] = []
+        stage_cs: list[torch.Tensor] = []
+        stopped: list[str] = []
+        stage_b_shape: list[int] = []
+        for index in range(total):
+            one = replace(request, seed=image_seed(request.seed, index), num_images=1)  # type: ignore[type-var]
+            report = numbered(progress, index, total)
+            try:
+                if skip_prior:
+                    assert start is not None
+                    stage_c = start.latents
+                else:
+                    stage_c = self._stage_c(text, one, report, timings, clip_img=clip_img, start=start)
+                latents = self._stage_b(stage_c, text, one, report, timings)
+                stage_b_shape = list(latents.shape[1:])
+                images += self._stage_a(latents, one, timings)
+                stage_cs.append(stage_c.cpu())
+                report(STAGE_A, 1, 1)
+            except Cancelled:
+                if not images:
+                    raise
+                stopped.append(f"stopped after {len(images)} of {total} images: the finished ones are kept")
+                break
         timings["total"] = time.perf_counter() - started
         s = self.settings
         cut = [f"{name} cut to {MAX_PROMPT_CHARS} characters" for name in request.truncated]
+        seeds = [image_seed(request.seed, index) for index in range(len(images))]
         info: dict[str, Any] = {
             "backend": self.name,
             "task": task,
             **{key: getattr(request, key) for key in _INFO_FIELDS},
             **(extra_info or {}),
-            "decoder_seed": request.seed + 1,
+            "seeds": seeds,
+            "decoder_seeds": [seed + 1 for seed in seeds],
             "dtype": s.dtype,
             "device": str(self.manager.device),
             **{stage: describe_source(getattr(s, stage)) for stage in _STAGES},
-            "stage_c_shape": list(stage_c.shape),
-            "stage_b_shape": list(latents.shape),
+            "stage_c_shape": [len(images), *stage_cs[0].shape[1:]],
+            "stage_b_shape": [len(images), *stage_b_shape],
             "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
-            "notices": [*notices, *cut, *text.notices],
+            "notices": [*notices, *cut, *text.notices, *stopped],
         }
         logger.info("cascade %s %dx%d x%d seed %d in %.2f s (%s)", task, request.width, request.height,
-                    request.num_images, request.seed, timings["total"], info["timings"])
-        return ImageResult(images=images, info=info, stage_c_latents=stage_c.cpu().clone())
+                    len(images), request.seed, timings["total"], info["timings"])
+        return ImageResult(images=images, info=info, stage_c_latents=torch.cat(stage_cs).clone())
 
     def _encode_text(self, request: CascadeJob, batch: int, *, for_prior: bool,
                      timings: dict[str, float]) -> _Text:
@@ -311,7 +346,7 @@ class CascadeBackend:
             latents = denoise(prior, scheduler, latents, request.prior_steps, guidance, generator,
                               STAGE_C, progress, timesteps=timesteps, observe=observe,
                               clip_text_pooled=clip_pooled, clip_text=clip_text, clip_img=clip_img)
-        timings["prior"] = time.perf_counter() - started
+        timings["prior"] = timings.get("prior", 0.0) + time.perf_counter() - started
         return latents
 
     def _stage_b(self, stage_c: torch.Tensor, text: _Text, request: CascadeJob,
@@ -341,12 +376,15 @@ class CascadeBackend:
             scheduler = DDPMWuerstchenScheduler.from_config(decoder_scheduler.config)
             latents = denoise(decoder, scheduler, latents, request.decoder_steps, guidance, generator,
                               STAGE_B, progress, clip_text_pooled=pooled, effnet=effnet)
-        timings["decoder"] = time.perf_counter() - started
+        timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - started
         return latents
 
-    def _stage_a(self, latents: torch.Tensor, request: CascadeJob, progress: ProgressFn,
-                 timings: dict[str, float]) -> list[Image.Image]:
-        """Decode VQGAN latents to pixels (4x upscale) and convert to 8-bit images."""
+    def _stage_a(self, latents: torch.Tensor, request: CascadeJob, timings: dict[str, float]) -> list[Image.Image]:
+        """Decode VQGAN latents to pixels (4x upscale) and convert to 8-bit images.
+
+        It reports no progress itself: the caller does, once the images are in hand, so that a
+        Stop raised by that report cannot lose a decoded picture.
+        """
         started = time.perf_counter()
         need = _estimate(request, "vqgan")
         with self.manager.use(VQGAN, need) as vqgan, torch.inference_mode():
@@ -354,7 +392,6 @@ class CascadeBackend:
             pixels = vqgan.decode(scaled).sample.clamp(0, 1)
         array = pixels.permute(0, 2, 3, 1).cpu().float().numpy()  # numpy has no bfloat16
         images = [Image.fromarray(image) for image in (array * 255).round().astype(np.uint8)]
-        timings["vqgan"] = time.perf_counter() - started
-        progress(STAGE_A, 1, 1)
+        timings["vqgan"] = timings.get("vqgan", 0.0) + time.perf_counter() - started
         return images
 

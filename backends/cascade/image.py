@@ -149,7 +149,7 @@ class ImageParts:
         latent_h, latent_w = stage_c_size(request.height, request.width)
 
         def working(module: Any) -> int:
-            return module.working_bytes(latent_h, latent_w, request.num_images)
+            return module.working_bytes(latent_h, latent_w, 1)  # stage C runs one image at a time
 
         with self._use(PREVIEWER, working) as module:
             yield module
@@ -178,7 +178,7 @@ class ImageParts:
         """Images like ``request.image``: its CLIP embedding (and the prompt) condition stage C."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        embeds = self.image_embeds(request.image, request.num_images)
+        embeds = self.image_embeds(request.image, 1)  # one image at a time (``generate``)
         timings["image_encoder"] = time.perf_counter() - started
         extra = {"input_size": list(request.input_size),
                  "image_encoder": describe_source(self.backend.settings.image_encoder)}

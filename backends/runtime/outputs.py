@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 try:  # POSIX; Windows has no flock, and its leftovers are swept by age only
     import fcntl
@@ -236,19 +236,26 @@ class OutputWriter:
             raise OutputError(write_error_message(error, "the result", self.root)) from error
         return folder / f"{max(numbers, default=0) + 1:05d}-{seed}{suffix}"
 
-    def save_images(self, images: list[Image.Image], params: dict[str, Any]) -> list[Path]:
+    def save_images(self, images: list[Image.Image], params: dict[str, Any],
+                    per_image: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
         """Save PNGs carrying ``params`` as a ``parameters`` text chunk and as JSON (``studio``).
+
+        Args:
+            per_image: what differs by image (its own seed), laid over ``params`` in each file
+                and its name; one mapping per image.
 
         Raises:
             OutputError: an image could not be written; none of this batch is left behind.
         """
+        if per_image is not None and len(per_image) != len(images):
+            raise ValueError(f"per_image has {len(per_image)} entries for {len(images)} images")
         with self._one_result() as saved:  # a batch is saved whole or not at all
             for index, image in enumerate(images):
-                meta = dict(params, image_index=index)
+                meta = dict(params, image_index=index, **(per_image[index] if per_image is not None else {}))
                 info = PngImagePlugin.PngInfo()
                 info.add_text("parameters", a1111_parameters(meta))
                 info.add_text("studio", json.dumps(meta, default=str))
-                path = self._next_path(int(params.get("seed", 0)), ".png")
+                path = self._next_path(int(meta.get("seed", 0)), ".png")
                 saved.append(atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), self.root))
         logger.info("saved %d image(s) to %s", len(saved), saved[0].parent if saved else self.root)
         return saved

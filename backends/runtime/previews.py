@@ -56,3 +56,19 @@ class WithPreviews:
 def preview_channel(progress: ProgressFn) -> WithPreviews | None:
     """The preview channel riding on ``progress``, or None when the caller asked for none."""
     return progress if isinstance(progress, WithPreviews) else None
+
+
+def numbered(progress: ProgressFn, index: int, total: int) -> ProgressFn:
+    """``progress`` for image ``index`` of ``total`` made one after another: each stage's label says
+    which image it is ("Image 2/4 · Stage C (prior)"), so a progress bar over the whole job sees
+    each image's stages as stages of their own. A preview channel rides along unchanged; a job of
+    one image keeps the plain labels.
+    """
+    if total == 1:
+        return progress
+
+    def report(stage: str, step: int, total_steps: int) -> None:
+        progress(f"Image {index + 1}/{total} · {stage}", step, total_steps)
+
+    channel = preview_channel(progress)
+    return report if channel is None else WithPreviews(report, channel.preview, channel.every)

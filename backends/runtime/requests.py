@@ -17,6 +17,15 @@ from backends.runtime.errors import InputError
 
 #: Seeds are 32-bit so that they can be typed, shown and reused everywhere (numpy, JS numbers).
 MAX_SEED = 2**32 - 1
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` of a job seeded ``seed``: the next seeds in turn, as in
+    AUTOMATIC1111's batch count and Fooocus, wrapping past ``MAX_SEED`` so each stays one a user
+    can type."""
+    return (seed + index) % (MAX_SEED + 1)
+
+
 #: Longer input is cut before tokenising; CLIP reads 77 tokens anyway, and this keeps a pasted
 #: book from costing seconds of tokeniser time. The cut is reported in the info.
 MAX_PROMPT_CHARS = 4000

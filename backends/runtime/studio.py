@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from backends.runtime import presets
 from backends.runtime.errors import UnknownNameError
@@ -27,6 +29,10 @@ from backends.runtime.spec import BackendSpec
 from backends.runtime.tiny import TinyModels
 
 logger = logging.getLogger(__name__)
+
+#: Finished jobs whose length makes the average a waiting job is told: enough to smooth one odd
+#: job out, few enough to follow a change of settings.
+RECENT_JOBS = 20
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,10 @@ def _cuda_available() -> bool:
 
 
 class Studio:
-    """Preset, memory manager, registry, outputs and Stop flags of one running app."""
+    """Preset, memory manager, registry, outputs, Stop flags and recent job lengths of one running app."""
 
     def __init__(self, config: StudioConfig, families: Sequence[BackendSpec],
-                 probe: MemoryProbe | None = None) -> None:
+                 probe: MemoryProbe | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         """Read the preset and one memory reading; no model loads.
 
         Args:
@@ -59,6 +65,7 @@ class Studio:
             families: the family specs to serve (``backends.families.FAMILIES``); they make the
                 preset schema, the registry and the tiny builders.
             probe: live memory readings (tests pass a ``FakeProbe``).
+            clock: seconds on a steady clock, for the jobs' times (tests pass a fake one).
         """
         self.config = config
         schema = preset_schema(families)
@@ -89,13 +96,15 @@ class Studio:
         self.outputs = OutputWriter(Path(config.outputs_dir))
         self._jobs: dict[str, JobControl] = {}
         self._jobs_lock = threading.Lock()
+        self._clock = clock
+        self._durations: deque[float] = deque(maxlen=RECENT_JOBS)
         logger.info("studio: preset %s on %s, budget %s, outputs %s", self.preset.name, self.device,
                     config.vram_budget_bytes, config.outputs_dir)
 
     # ----- Stop buttons: one flag per browser session ------------------------------------------
     def start_job(self, session: str) -> JobControl:
         """A fresh Stop flag for this session's next job."""
-        control = JobControl()
+        control = JobControl(self._clock)
         with self._jobs_lock:
             self._jobs[session] = control
         return control
@@ -115,9 +124,35 @@ class Studio:
             return list(self._jobs)
 
     def finish_job(self, session: str, control: JobControl) -> None:
+        """Forget this session's job; a job that ran to its end adds its length to the average."""
         with self._jobs_lock:
             if self._jobs.get(session) is control:
                 del self._jobs[session]
+            if not control.halted:
+                self._durations.append(control.elapsed())
+
+    def queue_wait(self) -> dict[str, float | None]:
+        """What a job waiting behind others needs to say how long it will wait.
+
+        Returns:
+            ``running_left_s``: the seconds the running job has left (the longest, should there
+            be several): at its rate since its first progress report, or else the average less
+            its time so far, never below 0; None when no job runs or nothing is known yet. ``average_s``: the
+            average length of the last ``RECENT_JOBS`` jobs that ran to their end; None before
+            the first.
+        """
+        with self._jobs_lock:
+            running = list(self._jobs.values())
+            recent = list(self._durations)
+        average = sum(recent) / len(recent) if recent else None
+        lefts = []
+        for control in running:
+            left = control.seconds_left()
+            if left is None and average is not None:
+                left = max(0.0, average - control.elapsed())
+            if left is not None:
+                lefts.append(left)
+        return {"running_left_s": max(lefts) if lefts else None, "average_s": average}
 
     # ----- /status and /unload -------------------------------------------------------------
     def status(self) -> dict[str, Any]:

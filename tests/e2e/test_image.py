@@ -104,13 +104,35 @@ def test_stop_is_not_a_failure_and_the_previous_result_stays(checks: BrowserChec
     page.locator("#image-generate").click()
     checks.shows(gallery, PREVIEW, timeout=JOB_TIMEOUT_MS)
     page.locator("#image-stop").click()
-    checks.shows(page.locator(".toast-body.info").filter(has_text="Stopping").first, "nothing will be saved")
+    checks.shows(page.locator(".toast-body.info").filter(has_text="Stopping").first,
+                 "only images already finished are saved")
     checks.check(lambda: expect(gallery).not_to_contain_text("preview:", timeout=UI_TIMEOUT_MS))
     checks.shows(gallery, re.compile(re.escape(before.strip().splitlines()[0]) if before.strip() else "seed"))
     checks.that(page.locator(".toast-body.error").count() == 0, "Stop showed a red error")
     tracker = gallery.locator('[data-testid="status-tracker"]')
     checks.that("Error" not in " ".join(tracker.all_inner_texts()), "Stop left an Error pill on the gallery")
     checks.screenshot("image-stopped", full_page=False)
+
+
+def test_stop_in_a_batch_keeps_and_shows_the_images_already_finished(checks: BrowserChecks) -> None:
+    """Two images, Stop while the second is made: the first is shown and saved, as AUTOMATIC1111's
+    Interrupt keeps a batch's finished images, and the notice says so."""
+    page = checks.on("image").page
+    panel = checks.open_tab("Image")
+    checks.fill(panel.get_by_label("Prompt", exact=True), "two lighthouses, one after the other")
+    make_it_long(checks, panel)
+    checks.fill(panel.get_by_label("number input for Images", exact=True), "2")
+    page.locator("#image-generate").click()
+    gallery = page.locator("#image-gallery")
+    checks.shows(gallery, re.compile(r"Image 2/2 · Stage C \(prior\): step \d+/100"), timeout=JOB_TIMEOUT_MS)
+    page.locator("#image-stop").click()
+    checks.shows(page.locator(".toast-body.info").filter(has_text="Stopped after").first,
+                 "Stopped after 1 of 2 images; the finished one is kept and saved.", timeout=JOB_TIMEOUT_MS)
+    checks.check(lambda: expect(gallery.locator("img")).to_have_count(1, timeout=UI_TIMEOUT_MS))
+    checks.image(gallery.locator("img").first, (512, 512))
+    checks.that(page.locator(".toast-body.error").count() == 0, "Stop showed a red error")
+    checks.fill(panel.get_by_label("number input for Images", exact=True), "1")
+    checks.screenshot("image-stopped-batch", full_page=False)
 
 
 # ----- PNG Info, aspect ratios, galleries, phone (issue #14, items 13–16) ------------------------

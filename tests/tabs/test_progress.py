@@ -56,3 +56,15 @@ def test_without_a_plan_each_stage_fills_the_bar() -> None:
     bar = Bar()
     gradio_progress(bar)("Video decoding", 2, 5)
     assert bar.calls == [((2, 5), "Video decoding: step 2/5")]
+
+
+def test_the_fraction_of_the_job_is_handed_on_for_the_queue_wait() -> None:
+    """``on_fraction`` gets what the bar shows (the job's ``JobControl.progressed``)."""
+    fractions: list[float] = []
+    report = gradio_progress(Bar(), (4, 2, 1), on_fraction=fractions.append)
+    report("Stage C (prior)", 2, 4)
+    report("Stage B (decoder)", 1, 2)
+    assert fractions == pytest.approx([2 / 7, 5 / 7])
+    without_plan: list[float] = []
+    gradio_progress(Bar(), on_fraction=without_plan.append)("Video decoding", 2, 5)
+    assert without_plan == pytest.approx([0.4])

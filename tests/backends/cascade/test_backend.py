@@ -156,6 +156,50 @@ def test_cancel_from_progress_propagates(backend: CascadeBackend, manager: Memor
     assert np.array_equal(pixels(backend.run("text_to_image", make_request(), no_progress)), pixels(baseline))
 
 
+def test_each_image_of_a_batch_is_the_one_image_job_at_its_own_seed(backend: CascadeBackend) -> None:
+    """Images are made one after another at seed, seed + 1, …: any of them can be made again alone."""
+    batch = backend.run("text_to_image", make_request(num_images=3, seed=41), no_progress)
+    assert batch.info["seeds"] == [41, 42, 43]
+    for index, seed in enumerate((41, 42, 43)):
+        alone = backend.run("text_to_image", make_request(seed=seed), no_progress)
+        assert np.array_equal(np.asarray(batch.images[index]), np.asarray(alone.images[0]))
+        assert torch.equal(batch.stage_c_latents[index:index + 1], alone.stage_c_latents)
+    top = backend.run("text_to_image", make_request(num_images=2, seed=2**32 - 1), no_progress)
+    assert top.info["seeds"] == [2**32 - 1, 0]  # wraps, so every seed stays one that can be typed
+
+
+def test_a_batch_reports_each_image_s_stages_in_turn(backend: CascadeBackend) -> None:
+    reports: list[tuple[str, int, int]] = []
+    backend.run("text_to_image", make_request(prior_steps=2, decoder_steps=1, num_images=2),
+                lambda stage, step, total: reports.append((stage, step, total)))
+    expected = [(f"Image {image}/2 · {stage}", step, total) for image in (1, 2)
+                for stage, total in ((STAGE_C, 2), (STAGE_B, 1), (STAGE_A, 1)) for step in range(1, total + 1)]
+    assert reports == expected
+
+
+def test_stop_keeps_the_images_already_finished(backend: CascadeBackend, manager: MemoryManager) -> None:
+    """As AUTOMATIC1111's Interrupt: Stop during image 3 of 4 gives images 1 and 2, and says so."""
+    job = make_request(num_images=4, seed=5)
+
+    def stop_in_image(number: int) -> Callable[[str, int, int], None]:
+        def report(stage: str, step: int, total: int) -> None:
+            if stage.startswith(f"Image {number}/4 · {STAGE_B}"):
+                raise Cancelled("stopped")
+
+        return report
+
+    kept = backend.run("text_to_image", job, stop_in_image(3))
+    whole = backend.run("text_to_image", job, no_progress)
+    assert len(kept.images) == 2 and kept.info["seeds"] == [5, 6]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(kept.images, whole.images))
+    assert kept.info["num_images"] == 4 and kept.info["stage_c_shape"][0] == 2
+    assert kept.info["notices"] == ["stopped after 2 of 4 images: the finished ones are kept"]
+    assert torch.equal(kept.stage_c_latents, whole.stage_c_latents[:2])
+    with pytest.raises(Cancelled):  # nothing finished yet: nothing to keep
+        backend.run("text_to_image", job, stop_in_image(1))
+    assert all(manager.component(name).in_use == 0 for name in backend.component_names())
+
+
 def test_negative_prompt_matters_only_with_guidance(backend: CascadeBackend, baseline: ImageResult) -> None:
     negative = backend.run("text_to_image", make_request(negative_prompt="blurry dark"), no_progress)
     assert not torch.equal(negative.stage_c_latents, baseline.stage_c_latents)
@@ -259,7 +303,8 @@ def test_working_memory_reads_the_model_configs(tiny_cache: Path) -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_matches_the_stock_diffusers_pipelines(dtype: str, request: pytest.FixtureRequest) -> None:
-    """Same components, same noise (prior seeded with seed, decoder with seed + 1): same pixels."""
+    """Same components, same noise: same pixels. Image i of ours is the stock pipelines' one image
+    at seed + i (prior seeded with it, decoder with it + 1)."""
     from diffusers import DDPMWuerstchenScheduler, StableCascadeDecoderPipeline, StableCascadePriorPipeline
 
     backend: CascadeBackend = request.getfixturevalue("backend" if dtype == "float32" else "bf16_backend")
@@ -278,18 +323,21 @@ def test_matches_the_stock_diffusers_pipelines(dtype: str, request: pytest.Fixtu
         )
         for pipe in (prior_pipe, decoder_pipe):
             pipe.set_progress_bar_config(disable=True)
-        embeddings = prior_pipe(
-            prompt=job.prompt, negative_prompt=job.negative_prompt, height=job.height,
-            width=job.width, num_inference_steps=job.prior_steps,
-            guidance_scale=job.prior_guidance, num_images_per_prompt=job.num_images,
-            generator=torch.Generator("cpu").manual_seed(job.seed),
-        ).image_embeddings
-        images = decoder_pipe(
-            image_embeddings=embeddings, prompt=job.prompt, negative_prompt=job.negative_prompt,
-            num_inference_steps=job.decoder_steps, guidance_scale=job.decoder_guidance,
-            generator=torch.Generator("cpu").manual_seed(job.seed + 1), output_type="pil",
-        ).images
-    assert torch.equal(ours.stage_c_latents, embeddings)
+        embeddings, images = [], []
+        for seed in (job.seed, job.seed + 1):
+            embeddings.append(prior_pipe(
+                prompt=job.prompt, negative_prompt=job.negative_prompt, height=job.height,
+                width=job.width, num_inference_steps=job.prior_steps,
+                guidance_scale=job.prior_guidance, num_images_per_prompt=1,
+                generator=torch.Generator("cpu").manual_seed(seed),
+            ).image_embeddings)
+            images += decoder_pipe(
+                image_embeddings=embeddings[-1], prompt=job.prompt, negative_prompt=job.negative_prompt,
+                num_inference_steps=job.decoder_steps, guidance_scale=job.decoder_guidance,
+                generator=torch.Generator("cpu").manual_seed(seed + 1), output_type="pil",
+            ).images
+    assert ours.info["seeds"] == [11, 12] and ours.info["decoder_seeds"] == [12, 13]
+    assert torch.equal(ours.stage_c_latents, torch.cat(embeddings))
     assert np.array_equal(pixels(ours), stack(images))
 
 

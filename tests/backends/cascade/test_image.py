@@ -145,7 +145,8 @@ def test_variation_follows_the_input_image_at_a_fixed_seed(backend: CascadeBacke
 
 
 def test_variation_matches_the_stock_prior_pipeline_with_images(backend: CascadeBackend) -> None:
-    """Same components and noise as ``StableCascadePriorPipeline(images=[...])``: same stage C latents."""
+    """Same components and noise as ``StableCascadePriorPipeline(images=[...])``: same stage C latents
+    (image i of ours is the pipeline's one image at seed + i)."""
     from diffusers import DDPMWuerstchenScheduler, StableCascadePriorPipeline
 
     job = variation_request(picture(3), prompt="a red house", negative_prompt="blurry", num_images=2, seed=11)
@@ -159,11 +160,12 @@ def test_variation_matches_the_stock_prior_pipeline_with_images(backend: Cascade
             scheduler=DDPMWuerstchenScheduler.from_config(scheduler.config),
             image_encoder=image_encoder, feature_extractor=backend.images._processor())
         pipe.set_progress_bar_config(disable=True)
-        embeddings = pipe(images=[job.image], prompt=job.prompt, negative_prompt=job.negative_prompt,
-                          height=job.height, width=job.width, num_inference_steps=job.prior_steps,
-                          guidance_scale=job.prior_guidance, num_images_per_prompt=job.num_images,
-                          generator=torch.Generator("cpu").manual_seed(job.seed)).image_embeddings
-    assert torch.equal(ours.stage_c_latents, embeddings)
+        embeddings = [pipe(images=[job.image], prompt=job.prompt, negative_prompt=job.negative_prompt,
+                           height=job.height, width=job.width, num_inference_steps=job.prior_steps,
+                           guidance_scale=job.prior_guidance, num_images_per_prompt=1,
+                           generator=torch.Generator("cpu").manual_seed(seed)).image_embeddings
+                      for seed in (job.seed, job.seed + 1)]
+    assert torch.equal(ours.stage_c_latents, torch.cat(embeddings))
 
 
 @pytest.mark.parametrize("task", ["text_to_image", "image_variation", "img2img"])
@@ -191,14 +193,19 @@ def test_previews_arrive_during_stage_c_and_change_nothing(backend: CascadeBacke
     total = 4 if task != "img2img" else 3  # img2img at 0.75 runs round(4 x 0.75) steps
     previews = [value for kind, value in events if kind == "preview"]
     batch = job.num_images
-    # Every 2 steps and after the last; 8x the 6x9 latent.
-    assert previews == [(batch, (72, 48), step, total) for step in sorted({*range(2, total + 1, 2), total})]
-    # Each preview follows its step's report, and all come before stage B.
-    for kind, value in events:
-        if kind == "preview":
-            index = events.index((kind, value))
-            assert events[index - 1] == ("step", (STAGE_C, value[2]))
-    assert ("step", (STAGE_B, 1)) in events[-4:]
+    # Each image in turn (one picture a preview), every 2 steps and after the last; 8x the 6x9 latent.
+    steps = sorted({*range(2, total + 1, 2), total})
+    assert previews == [(1, (72, 48), step, total) for _ in range(batch) for step in steps]
+    # Each preview follows its step's report, and all of an image's come before its stage B.
+    stage_c = [STAGE_C] if batch == 1 else [f"Image {i + 1}/{batch} · {STAGE_C}" for i in range(batch)]
+    stage_b = [STAGE_B] if batch == 1 else [f"Image {i + 1}/{batch} · {STAGE_B}" for i in range(batch)]
+    for image in range(batch):
+        mine = events[events.index(("step", (stage_c[image], 1))):events.index(("step", (stage_b[image], 1)))]
+        shown = [value for kind, value in mine if kind == "preview"]
+        assert [value[2] for value in shown] == steps
+        for at, (kind, value) in enumerate(mine):
+            if kind == "preview":
+                assert mine[at - 1] == ("step", (stage_c[image], value[2]))
 
 
 def test_a_request_of_the_wrong_type_is_refused(backend: CascadeBackend) -> None:
