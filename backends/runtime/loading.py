@@ -273,7 +273,17 @@ def load_state_dict_strict(module: Any, state: dict[str, Any], where: str) -> No
 
 
 def torch_dtype(name: str) -> "torch.dtype":
-    """The torch dtype a preset's ``dtype`` names (``bfloat16``, ``float16``, ``float32``)."""
+    """The torch dtype a preset's ``dtype`` names (``bfloat16``, ``float16``, ``float32``).
+
+    Raises:
+        ValueError: ``auto`` (the Studio makes it concrete before any backend is built, see
+            ``backends.runtime.cpu_dtype.resolve``) or any other name.
+    """
     import torch
 
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+    dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if name not in dtypes:
+        hint = (" (dtype auto is resolved by the Studio once it knows the device: build settings with "
+                "backends.runtime.cpu_dtype.resolve)" if name == "auto" else "")
+        raise ValueError(f"dtype must be one of {', '.join(dtypes)}; got {name!r}{hint}")
+    return dtypes[name]

@@ -19,7 +19,9 @@ from backends.runtime.spec import BackendSpec
 #: quotes these in errors. A family's own enumerated field says its choices in its metadata,
 #: ``field(default=..., metadata=choices("crop", "pad"))``.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dtype": ("bfloat16", "float16", "float32"),
+    #: auto: bfloat16 on a CPU with AVX512_BF16 or AMX, else float32; on CUDA the family's
+    #: default. The Studio resolves it once it has picked the device (``backends.runtime.cpu_dtype``).
+    "dtype": ("bfloat16", "float16", "float32", "auto"),
     #: auto / gpu keep components resident and evict by LRU; offload moves each back after use;
     #: sequential streams blocks for cards too small for a whole component (``MemoryMode``).
     "memory_mode": ("auto", "gpu", "offload", "sequential"),

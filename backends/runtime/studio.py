@@ -7,6 +7,7 @@ preset and one memory reading; it loads no model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from backends.runtime import presets
+from backends.runtime import cpu_dtype, presets
 from backends.runtime.errors import UnknownNameError
 from backends.runtime.loading import LoadContext
 from backends.runtime.memory import MemoryManager
@@ -57,7 +58,8 @@ class Studio:
     """Preset, memory manager, registry, outputs, Stop flags and recent job lengths of one running app."""
 
     def __init__(self, config: StudioConfig, families: Sequence[BackendSpec],
-                 probe: MemoryProbe | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 probe: MemoryProbe | None = None, clock: Callable[[], float] = time.monotonic,
+                 cpu_features: Callable[[], cpu_dtype.CpuFeatures] = cpu_dtype.read_cpu_features) -> None:
         """Read the preset and one memory reading; no model loads.
 
         Args:
@@ -66,6 +68,8 @@ class Studio:
                 preset schema, the registry and the tiny builders.
             probe: live memory readings (tests pass a ``FakeProbe``).
             clock: seconds on a steady clock, for the jobs' times (tests pass a fake one).
+            cpu_features: reads the CPU's bf16 support, for ``dtype: auto`` on the CPU (tests
+                pass their own).
         """
         self.config = config
         schema = preset_schema(families)
@@ -82,6 +86,9 @@ class Studio:
             logger.warning("preset %s asks for CUDA but none is available; using the CPU", name)
             device = "cpu"
         self.device = _device(device)
+        # dtype auto becomes concrete here, for the device just picked: backends never see it.
+        settings, self.dtypes = cpu_dtype.resolve(self.preset.settings, device, cpu_features)
+        self.preset = dataclasses.replace(self.preset, settings=settings)
         # The tiny preset needs no hub at all; being offline also makes a missing file fail at once.
         self.offline = config.offline or self.preset.name == "tiny"
         if self.offline:
@@ -156,7 +163,11 @@ class Studio:
 
     # ----- /status and /unload -------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """The ``/status`` JSON: device, live memory (budget applied), preset, components."""
+        """The ``/status`` JSON: device, live memory (budget applied), preset, dtypes, components.
+
+        ``dtypes`` maps each family to the dtype it runs in; ``cpu_capability`` and ``cpu_bf16``
+        (None on CUDA) and ``dtype_reason`` say why (``backends.runtime.cpu_dtype``).
+        """
         reading = self.manager.reading()
         return {
             "device": reading.device_name if self.device.type == "cuda" else "cpu",
@@ -166,6 +177,7 @@ class Studio:
             "ram_free": reading.ram_free,
             "preset": self.preset.name,
             "budget": self.config.vram_budget_bytes,
+            **self.dtypes.status(),
             "models": [
                 {"name": s.name, "placement": s.placement, "bytes": s.bytes, "last_used": s.last_used}
                 for s in self.manager.statuses()
