@@ -73,9 +73,13 @@ def unload_named(studio: Studio, name: Any) -> dict[str, Any]:
 
 def _summary(status: dict[str, Any]) -> str:
     budget = f" (budget {format_bytes(status['budget'])})" if status.get("budget") else ""
+    memory = "VRAM" if status["device"] != "cpu" else "Device memory (CPU)"
+    dtypes = ", ".join(f"{family} {dtype}" for family, dtype in (status.get("dtypes") or {}).items())
+    reason = f" ({status['dtype_reason']})" if status.get("dtype_reason") else ""
     return (f"**Device:** {status['device']} · **Preset:** {status['preset']}\n\n"
-            f"**{'VRAM' if status['device'] != 'cpu' else 'Device memory (CPU)'}:** {format_bytes(status['vram_free'])} free of {format_bytes(status['vram_total'])}{budget} · "
-            f"**RAM:** {format_bytes(status['ram_free'])} free of {format_bytes(status['ram_total'])}")
+            f"**{memory}:** {format_bytes(status['vram_free'])} free of {format_bytes(status['vram_total'])}{budget} · "
+            f"**RAM:** {format_bytes(status['ram_free'])} free of {format_bytes(status['ram_total'])}"
+            + (f"\n\n**Dtypes:** {dtypes}{reason}" if dtypes else ""))
 
 
 def shown_placement(placement: str, device: str) -> str:
