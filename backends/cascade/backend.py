@@ -13,7 +13,8 @@ The math follows ``StableCascadePriorPipeline`` and ``StableCascadeDecoderPipeli
 Variation and img2img (``backends.cascade.image``) change only stage C's image conditioning or
 its starting point (``backends.cascade.sampling``); stage C also sends live previews on request.
 Stage names, latent sizes, the result type and the working-memory estimates live in
-``backends.cascade.stages``, which both sides import.
+``backends.cascade.stages``, which both sides import. When the budget cannot hold stage A's whole
+decode, it decodes in overlapping tiles (``backends.cascade.tiling``), and the info says so.
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ from backends.cascade.stages import (
     describe_source,
     stage_b_size,
     stage_c_size,
+    vqgan_tile_bytes,
     working_bytes,
 )
+from backends.cascade.tiling import TileGrid, decode_within_budget, tiling_report
 from backends.runtime.errors import Cancelled, UnknownNameError
 from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
 from backends.runtime.previews import numbered, preview_channel
@@ -223,6 +226,7 @@ class CascadeBackend:
         stage_cs: list[torch.Tensor] = []
         stopped: list[str] = []
         stage_b_shape: list[int] = []
+        decodes: list[TileGrid | None] = []
         for index in range(total):
             one = replace(request, seed=image_seed(request.seed, index), num_images=1)  # type: ignore[type-var]
             report = numbered(progress, index, total)
@@ -234,7 +238,7 @@ class CascadeBackend:
                     stage_c = self._stage_c(text, one, report, timings, clip_img=clip_img, start=start)
                 latents = self._stage_b(stage_c, text, one, report, timings)
                 stage_b_shape = list(latents.shape[1:])
-                images += self._stage_a(latents, one, timings)
+                images += self._stage_a(latents, one, timings, decodes)
                 stage_cs.append(stage_c.cpu())
                 report(STAGE_A, 1, 1)
             except Cancelled:
@@ -246,6 +250,7 @@ class CascadeBackend:
         s = self.settings
         cut = [f"{name} cut to {MAX_PROMPT_CHARS} characters" for name in request.truncated]
         seeds = [image_seed(request.seed, index) for index in range(len(images))]
+        stage_a_tiles, tiled = tiling_report(decodes)
         info: dict[str, Any] = {
             "backend": self.name,
             "task": task,
@@ -258,8 +263,9 @@ class CascadeBackend:
             **{stage: describe_source(getattr(s, stage)) for stage in _STAGES},
             "stage_c_shape": [len(images), *stage_cs[0].shape[1:]],
             "stage_b_shape": [len(images), *stage_b_shape],
+            "stage_a_tiles": stage_a_tiles,
             "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
-            "notices": [*notices, *cut, *text.notices, *stopped],
+            "notices": [*notices, *cut, *text.notices, *tiled, *stopped],
         }
         logger.info("cascade %s %dx%d x%d seed %d in %.2f s (%s)", task, request.width, request.height,
                     len(images), request.seed, timings["total"], info["timings"])
@@ -379,19 +385,30 @@ class CascadeBackend:
         timings["decoder"] = timings.get("decoder", 0.0) + time.perf_counter() - started
         return latents
 
-    def _stage_a(self, latents: torch.Tensor, request: CascadeJob, timings: dict[str, float]) -> list[Image.Image]:
+    def _stage_a(self, latents: torch.Tensor, request: CascadeJob, timings: dict[str, float],
+                 decodes: list[TileGrid | None] | None = None) -> list[Image.Image]:
         """Decode VQGAN latents to pixels (4x upscale) and convert to 8-bit images.
+
+        When the whole decode's working memory does not fit the budget beside the VQGAN, it
+        decodes in overlapping tiles as large as the room allows (``backends.cascade.tiling``;
+        the same pixels up to float rounding). ``decodes``, when given, receives the grid used
+        (None for a whole decode).
 
         It reports no progress itself: the caller does, once the images are in hand, so that a
         Stop raised by that report cannot lose a decoded picture.
         """
         started = time.perf_counter()
-        need = _estimate(request, "vqgan")
-        with self.manager.use(VQGAN, need) as vqgan, torch.inference_mode():
-            scaled = (vqgan.config.scale_factor * latents).to(self.manager.device, vqgan.dtype)
-            pixels = vqgan.decode(scaled).sample.clamp(0, 1)
+        whole = _estimate(request, "vqgan")
+
+        def tile_bytes(module: torch.nn.Module, tiles: TileGrid) -> int:
+            return vqgan_tile_bytes(request, tiles.tile_height * tiles.scale, tiles.tile_width * tiles.scale,
+                                    torch.finfo(module.dtype).bits // 8, module.config)
+
+        pixels, tiles = decode_within_budget(self.manager, VQGAN, latents, whole, tile_bytes)
         array = pixels.permute(0, 2, 3, 1).cpu().float().numpy()  # numpy has no bfloat16
         images = [Image.fromarray(image) for image in (array * 255).round().astype(np.uint8)]
+        if decodes is not None:
+            decodes.append(tiles)
         timings["vqgan"] = timings.get("vqgan", 0.0) + time.perf_counter() - started
         return images
 

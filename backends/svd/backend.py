@@ -14,6 +14,7 @@ compares both on the tiny model).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,11 +24,17 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from PIL import Image
 
-from backends.runtime.errors import ModelUnavailable, StudioError, UnknownNameError
+from backends.runtime.errors import ModelUnavailable, OutOfMemory, StudioError, UnknownNameError
 from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
 from backends.runtime.offload import module_bytes
 from backends.runtime.progress import ProgressFn
-from backends.svd.memory import clip_working_bytes, decode_frame_bytes, encode_working_bytes, unet_working_bytes
+from backends.svd.memory import (
+    clip_working_bytes,
+    decode_floor_message,
+    decode_frame_bytes,
+    encode_working_bytes,
+    unet_working_bytes,
+)
 from backends.svd.ops import clip_resize, float32_call, image_tensor, set_forward_chunking, to_pil_frames
 from backends.svd.requests import VideoRequest
 from backends.svd.spec import SvdSettings
@@ -169,6 +176,7 @@ class SvdBackend:
             Cancelled: raised by ``progress`` when the user pressed Stop.
             torch.OutOfMemoryError: decoding failed even one frame at a time; the manager then
                 retries the job one memory mode lower.
+            OutOfMemory: the budget cannot hold one frame's decode, the smallest decode chunk.
         """
         if task not in self.tasks:
             raise UnknownNameError(f"Unknown task {task!r} for {self.name}; known tasks: {', '.join(self.tasks)}")
@@ -339,16 +347,27 @@ class SvdBackend:
         def per_frame(module: torch.nn.Module) -> int:
             return decode_frame_bytes(request, module.config, torch.finfo(module.dtype).bits // 8)
 
+        asked: list[int] = []  # the chunk ``need`` asked room for
+
         def need(module: torch.nn.Module) -> int:
             # Room for the chunk asked for (or, on auto, the largest the budget allows), but never
             # more than the budget holds: an explicit chunk beyond our estimate is still tried,
             # and a real out-of-memory error halves it.
             fits = max(1, self.manager.room_beside(module_bytes(module)) // per_frame(module))
-            return per_frame(module) * int(min(request.decode_chunk_size or cap, fits))
+            asked.append(int(min(request.decode_chunk_size or cap, fits)))
+            return per_frame(module) * asked[-1]
 
         frames: list[Image.Image] = []
         notices: list[str] = []
-        with self.manager.use(VAE, need) as vae:
+        with contextlib.ExitStack() as stack:
+            try:
+                vae = stack.enter_context(self.manager.use(VAE, need))
+            except OutOfMemory as error:
+                if asked != [1]:
+                    raise
+                module = self.manager.component(VAE).home
+                assert module is not None  # loaded before it was placed
+                raise OutOfMemory(decode_floor_message(request, per_frame(module.module), str(error))) from error
             if request.decode_chunk_size:
                 chunk = request.decode_chunk_size
             else:

@@ -74,6 +74,29 @@ def decode_frame_bytes(request: VideoRequest, config: Any, dtype_size: int) -> i
     return pixels * _get(config, "block_out_channels")[0] * DECODE_LIVE_TENSORS * dtype_size + pixels * 3 * 4
 
 
+def decode_floor_message(request: VideoRequest, frame_bytes: int, refusal: str) -> str:
+    """Why a decode was refused when even one frame at a time does not fit the budget.
+
+    One frame is the smallest decode chunk. diffusers 0.42.1's ``AutoencoderKLTemporalDecoder``
+    has no tiling (``enable_tiling`` raises), and tiles of our own would not give the same video:
+    its group norms and its mid-block attention see the whole frame, so each tile would get its
+    own colours (diffusers' image-VAE tiling accepts that drift; we would rather say so). At real
+    sizes the floor binds only for one- or two-frame videos: one 1024x576 frame needs 1.13 GB in
+    float16, the UNet's chunked step for three frames already 1.29 GB.
+
+    Args:
+        request: the request (its size is named).
+        frame_bytes: ``decode_frame_bytes`` for the loaded VAE.
+        refusal: the memory manager's own message (what the VAE needs in all, and the budget).
+    """
+    from backends.runtime.probe import format_bytes
+
+    return (f"Decoding the video needs {format_bytes(frame_bytes)} of working memory for one "
+            f"{request.width}x{request.height} frame, and one frame at a time (decode chunk 1) is the "
+            f"least the temporal VAE can decode: it cannot split a frame. {refusal} A smaller video "
+            "size needs less.")
+
+
 def unet_working_bytes(request: VideoRequest, config: Any, dtype_size: int, guided: bool, chunked: bool) -> int:
     """The UNet's peak for one denoising step.
 

@@ -249,6 +249,12 @@ class RecordingManager:
     def register(self, name: str, loader: Callable[[], torch.nn.Module], *, size_hint: int = 0) -> None:
         self.inner.register(name, loader, size_hint=size_hint)
 
+    def room_beside(self, size: int) -> int:
+        return self.inner.room_beside(size)
+
+    def usable_free(self) -> int:
+        return self.inner.usable_free()
+
     @contextlib.contextmanager
     def use(self, name: str, working_bytes: int | Callable[[torch.nn.Module], int] = 0
             ) -> Iterator[torch.nn.Module]:

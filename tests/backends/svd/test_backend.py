@@ -283,3 +283,35 @@ def test_tiny_build_is_deterministic(ctx: LoadContext, tmp_path: Path) -> None:
     assert {str(name.parent) for name in files} == {"unet", "vae", "image_encoder", "feature_extractor", "scheduler"}
     for name in files:
         assert (tmp_path / name).read_bytes() == (cached / name).read_bytes(), name
+
+
+def test_a_budget_below_one_frame_s_decode_names_the_chunk_floor(settings: SvdSettings, ctx: LoadContext,
+                                                                  picture: Image.Image) -> None:
+    """One frame is the smallest decode chunk (the temporal VAE cannot be tiled): the refusal says so.
+
+    A one-frame video under a budget that holds the UNet streamed block by block and the VAE's
+    encode, but not one frame's decode. In offload mode, where each component leaves the device
+    after its stage, so the decode places the VAE afresh (in auto mode the VAE may still be on
+    the device from the encode; a real out-of-memory error then brings the job to offload mode).
+    """
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from backends.runtime.loading import load_pretrained
+    from backends.runtime.offload import TensorHome
+    from backends.runtime.probe import format_bytes
+    from backends.svd.memory import decode_frame_bytes, encode_working_bytes
+
+    request = make_request(settings, picture, num_frames=1)
+    vae = load_pretrained(AutoencoderKLTemporalDecoder, settings.vae, ctx)
+    block = TensorHome(vae, pin=False).largest_block_bytes()
+    frame = decode_frame_bytes(request, vae.config, 4)
+    encode = encode_working_bytes(request, vae, upcast=False)
+    assert module_bytes(vae) + encode < block + frame
+    budget = int((module_bytes(vae) + encode + block + frame) / 2 / (1 - RESERVE_FRACTION))
+    backend = new_backend(settings, ctx, budget=budget)
+    with pytest.raises(OutOfMemory) as refused:
+        backend.manager.run(lambda: backend.run("image_to_video", request, no_progress), mode="offload")
+    message = str(refused.value)
+    assert f"needs {format_bytes(frame)} of working memory for one 128x64 frame" in message
+    assert "decode chunk 1" in message and "cannot split a frame" in message
+    assert "svd.vae needs" in message and "--vram-budget" in message  # the manager's figures follow
