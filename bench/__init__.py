@@ -4,7 +4,8 @@ One module per scenario (``bench/chat.py``, …), each with ``run(options) -> di
 ``report(result) -> str``; ``SCENARIOS`` maps names to modules, imported only when chosen.
 ``--size tiny`` uses the tiny random-weight models (any machine, seconds); ``--size real`` builds
 random-weight models with the real architectures on a GPU (no download), so figures are real-size
-speeds of our code, not of any checkpoint's outputs.
+speeds of our code, not of any checkpoint's outputs. On the CPU, ``--size real`` runs
+``real_sizes`` only: every family once, at its smallest real-size request, one process each.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ SCENARIOS: dict[str, str] = {
     "chat": "bench.chat",
     "never_oom": "bench.never_oom",
     "compile": "bench.compiled",
+    # Runs when named, and by default for --size real --device cpu; otherwise listed as skipped.
+    "real_sizes": "bench.real_sizes",
 }
 #: Run only when asked for (``--compile`` or by name): compiling is minutes on a GPU.
 OPTIONAL: frozenset[str] = frozenset({"compile"})

@@ -2,7 +2,8 @@
 
 ``--size tiny`` runs the app exactly as ``--preset tiny`` does. ``--size real`` keeps the tiny
 preset's tokenizers, schedulers and feature extractor (their ids and configs are valid for the
-real architectures) but registers builders of real-size, random-weight modules with the memory
+real architectures; StableLM's model config is the real shape's, see ``stablelm_config_folder``)
+but registers builders of real-size, random-weight modules with the memory
 manager *before* the backends are built. ``MemoryManager.register`` is idempotent, so the
 backends then run on those modules through their normal path: nothing is downloaded and no
 app code knows it is being benchmarked. Speed and memory do not depend on weight values.
@@ -10,10 +11,11 @@ app code knows it is being benchmarked. Speed and memory do not depend on weight
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
@@ -55,14 +57,46 @@ TEXT_BIGG: dict[str, Any] = dict(vocab_size=49408, hidden_size=1280, intermediat
 VISION_H: dict[str, Any] = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
                                 intermediate_size=5120, patch_size=14, image_size=224, projection_dim=1024,
                                 hidden_act="gelu")
+#: SVD-XT's VAE (``vae/config.json`` of stabilityai/stable-video-diffusion-img2vid-xt): the SD KL
+#: encoder and a temporal decoder, 8x down. ``AutoencoderKLTemporalDecoder()``'s own defaults are a
+#: one-level, 64-channel toy that does not downsample at all (the UNet would then run on
+#: full-resolution "latents"), so unlike the UNet's they are not the real architecture.
+SVD_VAE: dict[str, Any] = dict(down_block_types=("DownEncoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                               layers_per_block=2, latent_channels=4, sample_size=768, scaling_factor=0.18215,
+                               force_upcast=True)
+#: SV3D's UNet (shared/data/sv3d_p_unet_keys.json, ``diffusers_mapping_check``): diffusers' SVD
+#: UNet defaults (8 input channels, 320-1280 wide, 1024-wide cross-attention, 64-channel heads)
+#: with 21 frames and a per-frame vector of ``SV3D_ADM[variant]`` features; 1,525,278,442 parameters.
+SV3D_UNET: dict[str, Any] = dict(num_frames=21)
+SV3D_ADM = {"u": 256, "p": 1280}
+#: SV3D's VAE as the converter builds it (``backends/sv3d/convert.py``): the SD KL autoencoder
+#: (ch 128, mult 1-2-4-4, two resnets a level) without a post-quant conv; 83,653,843 parameters.
+SV3D_VAE: dict[str, Any] = dict(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                                scaling_factor=0.18215, use_post_quant_conv=False)
 VARIANTS = {"lite": (PRIOR_LITE, DECODER_LITE), "full": (PRIOR_FULL, DECODER_FULL)}
 _DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _built(factory: Callable[[], torch.nn.Module], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Build on the device (fast random init), then ``.to`` it: a device context misses some
-    parameters (NOTES.md, AlphaBlender), and the manager wants its CPU home anyway."""
-    with torch.device(device):
+    parameters (NOTES.md, AlphaBlender), and the manager wants its CPU home anyway.
+
+    Built with ``dtype`` as torch's default, so the parameters are born in it: building in
+    float32 and casting would hold both copies at once (3x the bf16 bytes), a peak that real
+    checkpoints, read in their own dtype, never have and that would swamp a peak-RSS reading.
+    """
+    with torch.device(device), _default_dtype(dtype):
         module = factory()
     # Cast where it was built, then copy: half the bytes over the slow device-to-host path.
     return module.to(dtype).to("cpu").eval().requires_grad_(False)
@@ -87,16 +121,53 @@ def cascade_builders(variant: str, device: torch.device, dtype: torch.dtype,
 
 
 def svd_builders(device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], torch.nn.Module]]:
-    """Manager name -> builder of real-size SVD-XT (the diffusers defaults are its architecture)."""
+    """Manager name -> builder of real-size SVD-XT (the UNet's diffusers defaults are its architecture)."""
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     return {
         "svd.unet": lambda: _built(UNetSpatioTemporalConditionModel, device, dtype),
-        "svd.vae": lambda: _built(AutoencoderKLTemporalDecoder, device, dtype),
+        "svd.vae": lambda: _built(lambda: AutoencoderKLTemporalDecoder(**SVD_VAE), device, dtype),
         "svd.image_encoder": lambda: _built(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_H)),
                                             device, dtype),
     }
+
+
+def sv3d_builders(device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], torch.nn.Module]]:
+    """Manager name -> builder of real-size SV3D_u and SV3D_p (``sv3d.<u|p>.<part>``).
+
+    The VAE is float32 whatever ``dtype`` is, as the SV3D backend keeps it (it overflows in float16).
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from backends.sv3d.unet import Sv3dUNet
+
+    builders: dict[str, Callable[[], torch.nn.Module]] = {}
+    for variant, adm in SV3D_ADM.items():
+        config = {**SV3D_UNET, "projection_class_embeddings_input_dim": adm}
+        builders[f"sv3d.{variant}.unet"] = lambda config=config: _built(lambda: Sv3dUNet(**config), device, dtype)
+        builders[f"sv3d.{variant}.vae"] = lambda: _built(lambda: AutoencoderKL(**SV3D_VAE), device, torch.float32)
+        builders[f"sv3d.{variant}.image_encoder"] = lambda: _built(
+            lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_H)), device, dtype)
+    return builders
+
+
+def stablelm_config_folder(cache_dir: Path) -> Path:
+    """A folder holding the 1.6B shape's ``config.json``, for the StableLM backend to read.
+
+    The backend sizes a reply's working memory and the context window from the model config it
+    reads from its source, not from the loaded module; with the tiny preset's source that would be
+    the tiny model's, so the real-size run points ``stablelm.model`` here instead.
+    """
+    from transformers import StableLmConfig
+
+    from bench.chat import REAL_CONFIG
+
+    folder = Path(cache_dir) / "bench-real" / "stablelm-2-1_6b-shape"
+    if not (folder / "config.json").is_file():
+        StableLmConfig(**REAL_CONFIG).save_pretrained(folder)
+    return folder
 
 
 def stablelm_builders(device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], torch.nn.Module]]:
@@ -112,7 +183,7 @@ def make_studio(options: BenchOptions, budget_bytes: int | None = None, variant:
     from transformers import CLIPTokenizer
 
     from backends.families import FAMILIES, load_context
-    from backends.runtime.loading import load_pretrained
+    from backends.runtime.loading import Source, load_pretrained
     from backends.runtime.studio import Studio, StudioConfig
 
     config = StudioConfig(preset="tiny", vram_budget_bytes=budget_bytes, cache_dir=options.cache_dir,
@@ -126,11 +197,15 @@ def make_studio(options: BenchOptions, budget_bytes: int | None = None, variant:
     name = _DTYPE_NAMES[dtype]
     settings = studio.registry.preset
     # The backends cast inputs to the preset dtype; it must be the built modules' dtype.
-    for key in ("cascade", "svd", "stablelm"):
+    for key in ("cascade", "svd", "sv3d", "stablelm"):
         setattr(settings, key, dataclasses.replace(getattr(settings, key), dtype=name))
-    tokenizer = load_pretrained(CLIPTokenizer, settings.cascade.tokenizer, load_context(options.cache_dir, offline=True))
+    config_folder = Source(str(stablelm_config_folder(options.cache_dir)))
+    settings.stablelm = dataclasses.replace(settings.stablelm, model=config_folder)
+    ctx = load_context(options.cache_dir, offline=True)
+    tokenizer = load_pretrained(CLIPTokenizer, settings.cascade.tokenizer, ctx)
     builders = {**cascade_builders(variant, options.device, dtype, tokenizer.eos_token_id),
-                **svd_builders(options.device, dtype), **stablelm_builders(options.device, dtype)}
+                **svd_builders(options.device, dtype), **sv3d_builders(options.device, dtype),
+                **stablelm_builders(options.device, dtype)}
     for component, build in builders.items():
         studio.manager.register(component, build)
     return studio

@@ -79,6 +79,7 @@ class MemoryManager:
         self.oom_retries = 0
         #: Jobs that ran out of memory for good: the user got ``OutOfMemory``.
         self.oom_failures = 0
+        self._largest_working: dict[str, int] = {}  # see ``largest_working``
 
     @property
     def mode(self) -> MemoryMode:
@@ -132,6 +133,14 @@ class MemoryManager:
         with self._lock:
             return [ComponentStatus(c.name, c.placement.value, c.size, c.last_used or None)
                     for c in self._components.values()]
+
+    def largest_working(self) -> dict[str, int]:
+        """Per component, the most working memory any ``use`` of it has asked for so far.
+
+        Read-only; benchmarks compare it with the memory they measure around each stage.
+        """
+        with self._lock:
+            return dict(self._largest_working)
 
     def component(self, name: str) -> Component:
         with self._lock:
@@ -251,6 +260,7 @@ class MemoryManager:
             self._ensure_loaded(comp)
             assert comp.home is not None
             working = working_bytes(comp.home.module) if callable(working_bytes) else working_bytes
+            self._largest_working[name] = max(self._largest_working.get(name, 0), working)
             placement = self._place(comp, working)
             comp.in_use += 1
             self._touch(comp)
