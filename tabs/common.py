@@ -203,12 +203,13 @@ STOP_NOTICE = "Stopping after the current step; nothing will be saved."
 STOP_KEEPS_NOTICE = "Stopping after the current step; only images already finished are saved."
 
 
-def wire_stop(studio: Any, stop: gr.Button, events: list[Any], notice: str = STOP_NOTICE, *,
+def wire_stop(studio: Any, stop: gr.Button, events: list[Any], notice: str | None = None, *,
               keep_finished: bool = False) -> Any:
     """Stop sets this session's Stop flag (the job ends at its next step) and cancels ``events``.
 
     Args:
-        notice: what the user reads when a job was running (chat stops between tokens, not steps).
+        notice: what the user reads when a job was running (chat stops between tokens, not
+            steps); by default ``STOP_KEEPS_NOTICE`` or ``STOP_NOTICE``, as ``keep_finished`` says.
         keep_finished: the events' jobs end themselves with what they finished (the images of a
             batch made before Stop, as AUTOMATIC1111's Interrupt keeps them), so Stop does not
             cancel them: a cancelled event could no longer show or save those images.
@@ -217,9 +218,11 @@ def wire_stop(studio: Any, stop: gr.Button, events: list[Any], notice: str = STO
         The Stop event, for a tab to chain what it shows once the job was cancelled.
     """
 
+    said = notice or (STOP_KEEPS_NOTICE if keep_finished else STOP_NOTICE)
+
     def on_stop(request: gr.Request) -> None:
         if studio.stop_job(session_of(request)):
-            gr.Info(notice)
+            gr.Info(said)
 
     # Queued, but in its own unlimited group: gradio drops gr.Info from events outside the queue,
     # and Stop must never wait behind the GPU job it stops.

@@ -44,7 +44,6 @@ from backends.runtime.requests import MAX_SEED, shown
 from backends.runtime.studio import Studio
 from tabs.common import (
     GPU_QUEUE,
-    STOP_KEEPS_NOTICE,
     api_file_input,
     on_gpu,
     on_page_load,
@@ -307,7 +306,7 @@ def build(studio: Studio) -> dict[str, Any]:
     event.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
     selected = wire_selection([event], gallery, info)
 
-    wire_stop(studio, stop, [event], STOP_KEEPS_NOTICE, keep_finished=True)
+    wire_stop(studio, stop, [event], keep_finished=True)
     wire_result_restore([event], gallery, info)
     wire_png_info(png_file, [prompt, negative, width, height, prior_steps, decoder_steps, prior_guidance,
                              decoder_guidance, seed], aspect, png_params, base)

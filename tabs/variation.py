@@ -48,7 +48,6 @@ from backends.runtime.image_input import load_image
 from backends.runtime.studio import Studio
 from tabs.common import (
     GPU_QUEUE,
-    STOP_KEEPS_NOTICE,
     api_endpoint,
     api_file_input,
     labelled,
@@ -281,7 +280,7 @@ def build(studio: Studio) -> dict[str, Any]:
         api_endpoint(img2img_api, img2img_seconds,
                      [api_image, prompt, negative, api_strength, width, height, seed], [gallery, info], "img2img"),
     ]
-    wire_stop(studio, stop, events, STOP_KEEPS_NOTICE, keep_finished=True)
+    wire_stop(studio, stop, events, keep_finished=True)
     wire_result_restore(events[:2], gallery, info)  # the tab's own two
     return {"image": image, "prompt": prompt, "selected_image": selected, "send_row": send_row}
 

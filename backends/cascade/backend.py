@@ -69,7 +69,7 @@ _INFO_FIELDS = ("prompt", "negative_prompt", "seed", "width", "height", "num_ima
 
 @dataclass
 class _Text:
-    """Text conditioning for one run, already repeated to the batch size."""
+    """Text conditioning for one image (a job makes its images one after another)."""
 
     hidden: torch.Tensor | None  # last hidden state, for stage C only
     pooled: torch.Tensor
@@ -184,7 +184,7 @@ class CascadeBackend:
             shape = tuple(stage_c_latents.shape)
             raise ValueError(f"stage C latents must be (batch, channels, height, width), got {shape}")
         timings: dict[str, float] = {}
-        text = self._encode_text(request, 1, for_prior=False, timings=timings)
+        text = self._encode_text(request, for_prior=False, timings=timings)
         images: list[Image.Image] = []
         for index, stage_c in enumerate(stage_c_latents.split(1)):
             one = replace(request, seed=image_seed(request.seed, index), num_images=1)  # type: ignore[type-var]
@@ -221,7 +221,7 @@ class CascadeBackend:
         """
         total = request.num_images
         skip_prior = start is not None and start.steps(request.prior_steps) == 0
-        text = self._encode_text(request, 1, for_prior=not skip_prior, timings=timings)
+        text = self._encode_text(request, for_prior=not skip_prior, timings=timings)
         images: list[Image.Image] = []
         stage_cs: list[torch.Tensor] = []
         stopped: list[str] = []
@@ -271,7 +271,7 @@ class CascadeBackend:
                     len(images), request.seed, timings["total"], info["timings"])
         return ImageResult(images=images, info=info, stage_c_latents=torch.cat(stage_cs).clone())
 
-    def _encode_text(self, request: CascadeJob, batch: int, *, for_prior: bool,
+    def _encode_text(self, request: CascadeJob, *, for_prior: bool,
                      timings: dict[str, float]) -> _Text:
         """CLIP text features: last hidden state (stage C) and pooled projection (both stages).
 
@@ -303,7 +303,7 @@ class CascadeBackend:
                 # not last_hidden_state), as the original code and the pipelines do.
                 hidden = output.hidden_states[-1].to(encoder.dtype)
                 pooled = output.text_embeds.unsqueeze(1).to(encoder.dtype)
-                encoded.append((hidden.repeat_interleave(batch, 0), pooled.repeat_interleave(batch, 0)))
+                encoded.append((hidden, pooled))
         timings["text_encoder"] = timings.get("text_encoder", 0.0) + time.perf_counter() - started
         (hidden, pooled), negative = encoded[0], (encoded[1] if guided else (None, None))
         return _Text(hidden if for_prior else None, pooled, negative[0], negative[1], notices)

@@ -117,12 +117,12 @@ class ImageParts:
             return self._feature_extractor
 
     # ----- encoders --------------------------------------------------------------------------
-    def image_embeds(self, image: Image.Image, batch: int) -> torch.Tensor:
-        """The prior's ``clip_img`` for ``image``: (batch, 1, C), as the prior pipeline computes it."""
+    def image_embeds(self, image: Image.Image) -> torch.Tensor:
+        """The prior's ``clip_img`` for ``image``: (1, 1, C), as the prior pipeline computes it."""
         pixels = self._processor()(image, return_tensors="pt").pixel_values
         with self._use(IMAGE_ENCODER, _clip_working_bytes) as encoder, torch.inference_mode():
             embeds = encoder(pixels.to(self.backend.manager.device, encoder.dtype)).image_embeds
-        return embeds.unsqueeze(1).repeat(batch, 1, 1)
+        return embeds.unsqueeze(1)
 
     def encode(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
         """The stage C latent of ``image`` for a ``width`` x ``height`` output: (1, 16, h, w) on the CPU.
@@ -178,7 +178,7 @@ class ImageParts:
         """Images like ``request.image``: its CLIP embedding (and the prompt) condition stage C."""
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        embeds = self.image_embeds(request.image, 1)  # one image at a time (``generate``)
+        embeds = self.image_embeds(request.image)  # shared by the images, made one at a time
         timings["image_encoder"] = time.perf_counter() - started
         extra = {"input_size": list(request.input_size),
                  "image_encoder": describe_source(self.backend.settings.image_encoder)}

@@ -82,7 +82,7 @@ class JobControl:
         def report(stage: str, step: int, total: int) -> None:
             if self._stop.is_set():
                 self._halted = True
-                raise Cancelled("Stopped by the user; nothing was saved.")
+                raise Cancelled("Stopped by the user.")
             progress(stage, step, total)
 
         return report
