@@ -4,7 +4,7 @@ Each cap is set with ``torch.cuda.set_per_process_memory_fraction`` and also giv
 manager as its budget (pynvml sees the whole card, not the process's fraction; a user with that
 card would see its real size). The preset is the one ``auto`` picks for that size, with its
 defaults; the modules are real-size with random weights (``bench.models``: the preset's Stable
-Cascade variant, SVD-XT, and the 1.6B StableLM shape for chat, the only LM shape in NOTES.md).
+Cascade variant, SVD-XT, SV3D_p, and the 1.6B StableLM shape for chat, the only LM shape in NOTES.md).
 Goal: zero OOMs, every request completes. On the CPU there is no device memory to cap, so the
 scenario records that it needs CUDA instead of failing.
 """
@@ -33,17 +33,20 @@ def default_requests(preset: Any) -> dict[str, tuple[str, Any, bool]]:
     """Tab -> (task, its default request, streamed?) at the preset's defaults."""
     from backends.cascade.requests import TextToImageRequest
     from backends.stablelm.requests import ChatRequest
+    from backends.sv3d.requests import OrbitRequest
     from backends.svd.requests import VideoRequest
 
-    c, v, s = preset.cascade.defaults, preset.svd.defaults, preset.stablelm.defaults
+    c, v, s, o = preset.cascade.defaults, preset.svd.defaults, preset.stablelm.defaults, preset.sv3d.defaults
     image = TextToImageRequest.build("a red lighthouse on a cliff at dusk", "", c.width, c.height, c.prior_steps,
                                      c.decoder_steps, c.prior_guidance, c.decoder_guidance, c.num_images, 7)
     picture = Image.new("RGB", (v.width, v.height), (200, 80, 40))
     video = VideoRequest.build(picture, v.num_frames, v.fps, v.motion_bucket_id, v.noise_aug_strength, v.steps,
                                v.decode_chunk_size, 3, width=v.width, height=v.height)
+    orbit = OrbitRequest.build(Image.new("RGB", (o.size, o.size), (240, 240, 240)), o.variant, o.elevation_deg,
+                               o.steps, 5, o.path, o.elevation_end_deg, size=o.size, num_frames=o.num_frames)
     chat = ChatRequest.build("Tell me about lighthouses.", [], None, s.temperature, s.top_p, s.max_new_tokens, seed=1)
     return {"image": ("text_to_image", image, False), "video": ("image_to_video", video, False),
-            "chat": ("chat", chat, True)}
+            "orbit": ("orbit", orbit, False), "chat": ("chat", chat, True)}
 
 
 def run_cap(options: BenchOptions, cap_gb: int) -> dict[str, Any]:

@@ -128,3 +128,15 @@ def test_real_cascade_configs_build_the_published_sizes() -> None:
         with torch.device("meta"):
             unet = StableCascadeUNet(**config)
         assert sum(p.numel() for p in unet.parameters()) / 1e6 == pytest.approx(millions, abs=0.2), name
+
+
+@pytest.mark.parametrize("name", ["lite", "bf16", "full", "cpu", "tiny"])
+def test_never_oom_builds_every_tabs_default_request_from_each_preset(name: str) -> None:
+    from backends.families import load_preset
+    from bench.never_oom import default_requests
+
+    requests = default_requests(load_preset(name).settings)
+    assert {tab: task for tab, (task, _, _) in requests.items()} == {
+        "image": "text_to_image", "video": "image_to_video", "orbit": "orbit", "chat": "chat"}
+    orbit = requests["orbit"][1]
+    assert orbit.image.size == (load_preset(name).settings.sv3d.defaults.size,) * 2

@@ -125,12 +125,14 @@ def working_bytes(request: CascadeJob, dtype_size: int,
     keys = tokens + 77 + 2 * get("prior", "clip_seq")
     widest, heads = max(get("prior", "block_out_channels")), max(get("prior", "num_attention_heads"))
     prior = n * cfg_c * tokens * (widest * 16 + heads * keys)
-    # Stage B: level 0 (after the patch embedding) with a 4x MLP (x4 live tensors); attention only
-    # on deeper levels, each with 4x fewer positions than the one above.
+    # Stage B: level 0 (after the patch embedding) with a 4x MLP and its global response norm (x5
+    # live 4x-wide tensors: 19.6-19.8 level-0 tensors measured on the real lite decoder at 512² and
+    # 768², float32, bench/real_sizes.py with the CPU heap bound); attention only on deeper
+    # levels, each with 4x fewer positions than the one above.
     tokens = b_h * b_w // get("decoder", "patch_size") ** 2
     attention = max(heads * (tokens // 4**level) * (tokens // 4**level + get("decoder", "clip_seq"))
                     for level, heads in enumerate(get("decoder", "num_attention_heads")))
-    decoder = n * cfg_b * (tokens * get("decoder", "block_out_channels")[0] * 16 + attention)
+    decoder = n * cfg_b * (tokens * get("decoder", "block_out_channels")[0] * 20 + attention)
     vqgan = n * vqgan_decode_bytes(request.height, request.width, dtype_size, configs["vqgan"])
     return {"text_encoder": text * dtype_size, "prior": prior * dtype_size,
             "decoder": decoder * dtype_size, "vqgan": vqgan}

@@ -319,8 +319,23 @@ class MemoryManager:
             # Already resident, but this use may need more working memory than the last one
             # (a VAE that encoded one picture now decodes a chunk of frames).
             raw = self.probe.read()
-            self._make_room(working_bytes + self._reserve(raw), exclude=comp, raw=raw)
-            return Placement.GPU
+            need = working_bytes + self._reserve(raw)
+            freed = self._make_room(need, exclude=comp, raw=raw)
+            if need <= min(raw.device_free + freed, self._capacity(raw) - self._resident()) or comp.in_use:
+                return Placement.GPU
+            # Its weights and this use's activations do not fit together: placed afresh below it
+            # streams (or is refused) like a component that was not resident.
+            if self._mode is MemoryMode.GPU:
+                raise OutOfMemory(
+                    f"{comp.name} is on the device but this use needs {format_bytes(need)} of working memory "
+                    f"beside it, more than the budget leaves (memory mode gpu). Use memory_mode auto or "
+                    "offload, or a smaller request.")
+            logger.info("%s is resident but %.2f GB of working memory does not fit beside it; placing it afresh",
+                        comp.name, need / GB)
+            self._evict(comp)
+            if comp.home is None:
+                self._ensure_loaded(comp)
+                assert comp.home is not None
         raw = self.probe.read()
         reserve = self._reserve(raw)
         need = comp.size + working_bytes + reserve

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from backends.runtime import cpu_dtype, presets
+from backends.runtime import cpu_dtype, cpu_heap, presets
 from backends.runtime.errors import UnknownNameError
 from backends.runtime.loading import LoadContext
 from backends.runtime.memory import MemoryManager
@@ -93,6 +93,9 @@ class Studio:
         self.offline = config.offline or self.preset.name == "tiny"
         if self.offline:
             os.environ["HF_HUB_OFFLINE"] = "1"
+        # On the CPU the budget caps RAM: freed activations must leave the process (cpu_heap).
+        self.heap_threshold = (cpu_heap.bound_heap()
+                               if self.device.type == "cpu" and config.vram_budget_bytes else None)
         self.manager = MemoryManager(probe or SystemProbe(self.device), self.device,
                                      budget_bytes=config.vram_budget_bytes)
         ctx = LoadContext(cache_dir=Path(config.cache_dir), models_dir=config.models_dir,
@@ -167,6 +170,8 @@ class Studio:
 
         ``dtypes`` maps each family to the dtype it runs in; ``cpu_capability`` and ``cpu_bf16``
         (None on CUDA) and ``dtype_reason`` say why (``backends.runtime.cpu_dtype``).
+        ``cpu_heap_threshold`` is the malloc threshold fixed for a budget on the CPU, or None
+        (``backends.runtime.cpu_heap``).
         """
         reading = self.manager.reading()
         return {
@@ -177,6 +182,7 @@ class Studio:
             "ram_free": reading.ram_free,
             "preset": self.preset.name,
             "budget": self.config.vram_budget_bytes,
+            "cpu_heap_threshold": self.heap_threshold,
             **self.dtypes.status(),
             "models": [
                 {"name": s.name, "placement": s.placement, "bytes": s.bytes, "last_used": s.last_used}

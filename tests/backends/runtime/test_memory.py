@@ -82,6 +82,47 @@ def test_a_resident_component_still_gets_room_for_a_bigger_working_set() -> None
         assert placements(manager) == {"a": "cpu", "b": "gpu"}
 
 
+def test_a_resident_component_whose_working_set_no_longer_fits_beside_it_streams() -> None:
+    # 4 blocks of 1 MB, resident in a 6 MB budget (5 % reserve). A later use asks for 3 MB of
+    # working memory: 4 + 3 + 0.3 does not fit, so it streams (1 + 3 + 0.3 does), computes the
+    # same, and goes back to RAM afterwards, as a component placed afresh would.
+    manager = manager_with(6, {})
+    manager.register("big", lambda: blocks(4, 1))
+    reference = blocks(4, 1)
+    x = torch.randn(2, reference[0].in_features)
+    with manager.use("big"):
+        assert placements(manager)["big"] == "gpu"
+    with manager.use("big", working_bytes=3 * MB) as module:
+        assert placements(manager)["big"] == "offload"
+        assert torch.equal(module(x), reference(x))
+    assert placements(manager)["big"] == "cpu"
+    assert manager.component("big").loads == 1
+
+
+def test_a_resident_component_whose_working_set_cannot_fit_even_streamed_is_refused() -> None:
+    manager = manager_with(6, {})
+    manager.register("big", lambda: blocks(4, 1))
+    with manager.use("big"):
+        pass
+    with pytest.raises(OutOfMemory, match=r"big needs 7\.\d MB even when streamed"):
+        with manager.use("big", working_bytes=6 * MB):
+            pass
+
+
+def test_gpu_mode_refuses_a_working_set_that_does_not_fit_beside_a_resident_component() -> None:
+    manager = manager_with(6, {})
+    manager.register("big", lambda: blocks(4, 1))
+
+    def job() -> None:
+        with manager.use("big"):
+            pass
+        with manager.use("big", working_bytes=3 * MB):
+            pass
+
+    with pytest.raises(OutOfMemory, match=r"big is on the device but this use needs 3\.\d MB .*memory mode gpu"):
+        manager.run(job, mode="gpu")
+
+
 def test_working_memory_may_be_computed_from_the_loaded_module() -> None:
     manager = manager_with(10, {"a": 4, "b": 4})
     touch(manager, "a")
