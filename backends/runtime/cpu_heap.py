@@ -8,9 +8,9 @@ stays resident. Measured on the real-size SVD VAE decode (``bench.models``, floa
 
 - glibc's default: 427 MiB peak for a 256x256 frame on the first call and 287 on the next, with
   160-170 MiB still resident after each, against 256 MiB of live tensors (8 full-resolution
-  128-channel tensors); the whole SVD request at ``--vram-budget 1`` peaked 11 % over the budget;
+  128-channel tensors); the whole SVD request at ``--vram-budget 1`` peaked at 1,137-1,194 MB;
 - the threshold fixed at 4 MiB (``mallopt(M_MMAP_THRESHOLD)``, which also stops it rising):
-  275 then 255 MiB, under 20 MiB left after, and the same request peaked within 5 % of it.
+  275 then 255 MiB, under 20 MiB left after, and the same request peaked at 987 MB, under it.
 
 The cost is a fresh mapping (page faults) for each large tensor: the real-size SVD UNet step ran
 10-16 % slower at 256x256 and 512x320. So it is set only when a budget binds on the CPU device,
