@@ -18,12 +18,14 @@ from backends.runtime.loading import LoadContext
 from backends.runtime.settings import preset_schema
 from backends.runtime.spec import BackendSpec
 from backends.runtime.tiny import TinyModels
+from backends.sd3.spec import SPEC as SD3
+from backends.sdxl.spec import SPEC as SDXL
 from backends.stablelm.spec import SPEC as STABLELM
 from backends.sv3d.spec import SPEC as SV3D
 from backends.svd.spec import SPEC as SVD
 
 #: Every family, in the order ``/status`` and the System tab list them.
-FAMILIES: tuple[BackendSpec, ...] = (CASCADE, SVD, SV3D, STABLELM)
+FAMILIES: tuple[BackendSpec, ...] = (CASCADE, SD3, SVD, SV3D, STABLELM, SDXL)
 
 #: The preset schema: the app-wide keys plus one section per family (``settings.cascade``, ...).
 PresetSettings = preset_schema(FAMILIES)

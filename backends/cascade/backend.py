@@ -52,7 +52,7 @@ from backends.cascade.stages import (
 from backends.cascade.tiling import TileGrid, decode_within_budget, tiling_report
 from backends.runtime.errors import Cancelled, UnknownNameError
 from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
-from backends.runtime.previews import numbered, preview_channel
+from backends.runtime.previews import numbered, preview_channel, stopped_notice
 from backends.runtime.progress import ProgressFn
 from backends.runtime.requests import MAX_PROMPT_CHARS, image_seed
 
@@ -244,7 +244,7 @@ class CascadeBackend:
             except Cancelled:
                 if not images:
                     raise
-                stopped.append(f"stopped after {len(images)} of {total} images: the finished ones are kept")
+                stopped.append(stopped_notice(len(images), total))
                 break
         timings["total"] = time.perf_counter() - started
         s = self.settings

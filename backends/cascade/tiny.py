@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backends.runtime.tiny import seeded, wake_zero_parameters
+from backends.runtime.tiny import clip_tokenizer, seeded, wake_zero_parameters
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the spec imports nothing of this at start-up
     import torch
-    from transformers import CLIPTokenizer
 
 #: Whole words the tiny tokenizer merges into single tokens; anything else falls back to bytes.
 _CASCADE_WORDS = (
@@ -32,40 +31,6 @@ _CASCADE_WORDS = (
 _TEXT_WIDTH = 64
 #: Tiny stand-in for ViT-L/14's 768-wide image projection; the prior's clip_image_in_channels.
 _IMAGE_EMBED_WIDTH = 32
-
-
-def _byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins that byte-level BPE uses for raw bytes (GPT-2's mapping)."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    return sorted(ByteLevel.alphabet())
-
-
-def _tiny_clip_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer whose vocabulary is every byte (plain and word-final) plus a few words.
-
-    Built from a vocab dict and merges given as tuples: transformers 5 rejects "a b" merge strings
-    (``PyMerges`` error, see NOTES.md). Every input still tokenises, because any byte has a token.
-    """
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for symbol in _byte_alphabet():
-        vocab[symbol] = len(vocab)
-    for symbol in _byte_alphabet():
-        vocab[symbol + "</w>"] = len(vocab)
-    merges: list[tuple[str, str]] = []
-    for word in _CASCADE_WORDS.split():
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            pair = (pieces[0], pieces[1])
-            if pair not in merges:
-                merges.append(pair)
-            vocab.setdefault(pair[0] + pair[1], len(vocab))
-            pieces = [pair[0] + pair[1], *pieces[2:]]
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def _cascade_block_types(levels: str) -> tuple[tuple[str, ...], ...]:
@@ -87,7 +52,7 @@ def build(root: Path) -> None:
         CLIPVisionModelWithProjection,
     )
 
-    tokenizer = _tiny_clip_tokenizer()
+    tokenizer = clip_tokenizer(_CASCADE_WORDS)
     tokenizer.save_pretrained(root / "tokenizer")
 
     with seeded(1):

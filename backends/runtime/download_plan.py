@@ -103,8 +103,11 @@ def plan(settings: Any, sections: Iterable[str] | None = None,
         value = getattr(settings, section.name)
         if wanted is not None and section.name not in wanted or not is_dataclass(value):
             continue
+        # A section may name sources it never reads (``unused_sources()``: SD3.5's transformers of
+        # models its preset does not offer, 16.3 GB each, or T5 when it is off): those are skipped.
+        unused = set(value.unused_sources()) if hasattr(value, "unused_sources") else set()
         for key, source in _sources(value):
-            if source.repo.startswith(TINY_PREFIX) or Path(source.repo).expanduser().is_dir():
+            if key in unused or source.repo.startswith(TINY_PREFIX) or Path(source.repo).expanduser().is_dir():
                 continue
             filename = getattr(source, "filename", None) or files.get(section.name, {}).get(key)
             patterns, needs = _source_patterns(source, f"{section.name}.{key}",

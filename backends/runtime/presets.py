@@ -112,6 +112,17 @@ def _check_value(path: Path, where: str, prefix: str, schema_field: dataclasses.
                               f"{', '.join(f.name for f in dataclasses.fields(hint))}; got {value!r}")
         _check(path, value, hint, prefix)
         return
+    if typing.get_origin(hint) in (list, tuple):
+        # A list of scalars (a family's ``offer``); choices, when the field has them, bind each item.
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list):
+            raise PresetError(f"{where} must be a list of {item.__name__}, got {value!r} ({type(value).__name__})")
+        for index, entry in enumerate(value):
+            at = f"{where[:-1]}[{index}]'" if where.endswith("'") else f"{where}[{index}]"
+            _check_value(path, at, prefix, schema_field, entry, item)
+        if len(set(value)) != len(value):
+            raise PresetError(f"{where} names an entry twice: {value!r}")
+        return
     expected = {str: (str,), int: (int,), float: (int, float), bool: (bool,)}[hint]
     if isinstance(value, bool) and hint is not bool or not isinstance(value, expected):
         raise PresetError(f"{where} must be of type {hint.__name__}, got {value!r} ({type(value).__name__})")
@@ -139,6 +150,8 @@ def _build(schema: type, data: dict[str, Any], default: Any) -> Any:
             changes[key] = _build(type(current), value, current)
         elif isinstance(current, float) and isinstance(value, int):
             changes[key] = float(value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            changes[key] = tuple(value)
         else:
             changes[key] = value
     return dataclasses.replace(default, **changes)

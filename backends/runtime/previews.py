@@ -58,6 +58,11 @@ def preview_channel(progress: ProgressFn) -> WithPreviews | None:
     return progress if isinstance(progress, WithPreviews) else None
 
 
+def stopped_notice(done: int, total: int) -> str:
+    """The info's line for a batch stopped after ``done`` of its ``total`` images (those are kept)."""
+    return f"stopped after {done} of {total} images: the finished ones are kept"
+
+
 def numbered(progress: ProgressFn, index: int, total: int) -> ProgressFn:
     """``progress`` for image ``index`` of ``total`` made one after another: each stage's label says
     which image it is ("Image 2/4 · Stage C (prior)"), so a progress bar over the whole job sees

@@ -65,6 +65,40 @@ class Registry:
                 return spec
         raise UnknownNameError(f"Unknown task {task!r}; known: {', '.join(self.tasks())}")
 
+    def models(self) -> dict[str, str]:
+        """The SD endpoints' ``model`` values this preset offers, each with the family serving it.
+
+        A family lists the values it can serve in ``spec.models`` and its settings' ``offer`` says
+        which of them the preset offers, in that order; families come in ``FAMILIES`` order.
+        """
+        offered: dict[str, str] = {}
+        for spec in self.specs.values():
+            if not spec.models:
+                continue
+            wanted = getattr(self.settings(spec.name), "offer", spec.models)
+            unknown = [model for model in wanted if model not in spec.models]
+            if unknown:
+                raise UnknownNameError(f"{spec.name}.offer names {', '.join(unknown)}; {spec.family} serves "
+                                       f"{', '.join(spec.models)}")
+            offered.update((model, spec.name) for model in wanted)
+        return offered
+
+    def default_model(self) -> str:
+        """The preset's ``sd_model``, or else the first model it offers ("" when it offers none)."""
+        offered = self.models()
+        chosen = getattr(self.preset, "sd_model", "")
+        if chosen and chosen not in offered:
+            raise UnknownNameError(f"sd_model {chosen!r} is not offered by this preset; it offers "
+                                   f"{', '.join(offered) or 'no SD model'}")
+        return chosen or next(iter(offered), "")
+
+    def model_task(self, model: str, kind: str) -> str:
+        """The task serving ``kind`` (``text_to_image``, ``img2img``, ``inpaint``) for an offered model."""
+        offered = self.models()
+        if model not in offered:
+            raise UnknownNameError(f"Unknown model {model!r}; this preset offers {', '.join(offered) or 'none'}")
+        return f"{offered[model]}_{kind}"
+
     def settings(self, name: str) -> Any:
         """The preset section of backend ``name``."""
         return getattr(self.preset, self.spec(name).settings_key)

@@ -52,6 +52,9 @@ class PresetBase:
     device: str = "auto"
     #: Smallest total VRAM, in GB, this preset is meant for; `--preset auto` uses it.
     min_vram_gb: float = 0.0
+    #: The SD endpoints' default ``model`` (an empty ``model`` input); empty: the first one the
+    #: families' ``offer`` lists name. It must fit the preset's VRAM class.
+    sd_model: str = ""
 
 
 def preset_schema(specs: Sequence[BackendSpec]) -> type[PresetBase]:

@@ -44,6 +44,10 @@ class BackendSpec:
     files: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: How ``tiny:<name>`` sources of this family are built (the tiny preset); None: no tiny model.
     tiny: TinyFamily | None = None
+    #: The ``model`` values of the SD endpoints this family serves (``sd3.5-medium``, ``sdxl``);
+    #: its settings' ``offer`` says which of them a preset offers. Its tasks for them are
+    #: ``<name>_text_to_image``, ``<name>_img2img`` and ``<name>_inpaint``.
+    models: tuple[str, ...] = ()
 
     @property
     def settings_key(self) -> str:

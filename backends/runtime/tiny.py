@@ -32,6 +32,7 @@ from backends.runtime.errors import UnknownNameError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: the registry imports this module at start-up
     import torch
+    from transformers import CLIPTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -177,3 +178,32 @@ def wake_zero_parameters(module: torch.nn.Module, std: float = 0.1) -> None:
         for parameter in module.parameters():
             if not parameter.any():
                 parameter.normal_(0.0, std)
+
+
+def clip_tokenizer(words: str, pad_token: str = "<|endoftext|>") -> "CLIPTokenizer":
+    """A tiny CLIP tokenizer, built offline: every byte (plain and word-final) plus ``words`` merged whole.
+
+    Built from a vocab dict and merges given as tuples: transformers 5 rejects "a b" merge strings
+    (``PyMerges`` error, NOTES.md). Every input still tokenises, because any byte has a token.
+    ``pad_token`` is CLIP-L's ``<|endoftext|>`` or OpenCLIP-bigG's ``!``, as the real repos have them.
+    """
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(ByteLevel.alphabet())  # the 256 printable stand-ins for raw bytes (GPT-2's)
+    vocab: dict[str, int] = {}
+    for suffix in ("", "</w>"):
+        for symbol in alphabet:
+            vocab[symbol + suffix] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in words.split():
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            if pair not in merges:
+                merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+            pieces = [pair[0] + pair[1], *pieces[2:]]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token=pad_token)

@@ -58,8 +58,8 @@ def test_auto_is_float32_where_bf16_would_be_emulated(features: CpuFeatures) -> 
 def test_auto_on_cuda_is_each_familys_default_and_reads_no_cpu_features() -> None:
     settings, choice = resolve(load_preset("cpu").settings, "cuda", never_read)
     defaults = {spec.settings_key: spec.settings().dtype for spec in FAMILIES}
-    assert choice.dtypes == defaults == {"cascade": "bfloat16", "svd": "float16", "sv3d": "float16",
-                                         "stablelm": "bfloat16"}
+    assert choice.dtypes == defaults == {"cascade": "bfloat16", "sd3": "bfloat16", "svd": "float16",
+                                         "sv3d": "float16", "stablelm": "bfloat16", "sdxl": "float16"}
     assert choice.status()["cpu_capability"] is None and choice.status()["cpu_bf16"] is None
 
 
@@ -67,7 +67,8 @@ def test_concrete_dtypes_are_left_alone() -> None:
     lite = load_preset("lite").settings
     settings, choice = resolve(lite, "cpu", lambda: SAPPHIRE_RAPIDS)
     assert settings is lite and choice.auto == ()
-    assert choice.dtypes == {"cascade": "bfloat16", "svd": "float16", "sv3d": "float16", "stablelm": "bfloat16"}
+    assert choice.dtypes == {"cascade": "bfloat16", "sd3": "bfloat16", "svd": "float16", "sv3d": "float16",
+                             "stablelm": "bfloat16", "sdxl": "float16"}
     assert choice.reason == "the preset names every dtype"
 
 
@@ -75,8 +76,9 @@ def test_one_family_on_auto_leaves_the_others_as_written(tmp_path: Path) -> None
     path = tmp_path / "mixed.yaml"
     path.write_text("base: cpu\ncascade: {dtype: float32}\n")
     settings, choice = resolve(load_preset(str(path)).settings, "cpu", lambda: ZEN4)
-    assert choice.dtypes == {"cascade": "float32", "svd": "bfloat16", "sv3d": "bfloat16", "stablelm": "bfloat16"}
-    assert choice.auto == ("svd", "sv3d", "stablelm")
+    assert choice.dtypes == {"cascade": "float32", "sd3": "bfloat16", "svd": "bfloat16", "sv3d": "bfloat16",
+                             "stablelm": "bfloat16", "sdxl": "bfloat16"}
+    assert choice.auto == ("sd3", "svd", "sv3d", "stablelm", "sdxl")
     assert settings.cascade.defaults.width == 768  # the rest of each section is kept
 
 

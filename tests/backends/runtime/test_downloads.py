@@ -348,3 +348,26 @@ def test_missing_names_every_need_of_an_empty_cache(tmp_path: Path) -> None:
     text = "\n".join(m.describe() for m in gone)
     assert "cascade.prior weights (bf16) in prior_lite/: prior_lite/diffusion_pytorch_model.bf16.safetensors" in text
     assert "cascade.effnet file: effnet_encoder.safetensors" in text
+
+
+def test_sd_plans_take_the_diffusers_folders_of_the_offered_models_only() -> None:
+    import dataclasses
+
+    lite = load_preset("lite").settings
+    plans = {p.repo: p for p in downloads.plan(lite, sections=["sd3", "sdxl"])}
+    # Lite offers SD3.5 Medium only: no Large or Large Turbo transformer (16.3 GB each).
+    assert set(plans) == {"stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-xl-base-1.0",
+                          "stabilityai/stable-diffusion-xl-refiner-1.0"}
+    medium = plans["stabilityai/stable-diffusion-3.5-medium"].allow_patterns
+    assert any(p.startswith("transformer/") for p in medium) and any(p.startswith("text_encoder_3/") for p in medium)
+    # Never the root single files or the ComfyUI text_encoders/ folder.
+    assert not any(p.startswith(("sd3.5", "text_encoders/", "*")) for p in medium)
+    sdxl = plans["stabilityai/stable-diffusion-xl-base-1.0"].allow_patterns
+    assert any(p.startswith("unet/") and ".fp16." in p for p in sdxl)
+    assert not any(p.startswith("sd_xl") for p in sdxl)
+    # T5 off: its 9.5 GB are not fetched.
+    off = dataclasses.replace(lite, sd3=dataclasses.replace(lite.sd3, t5="off"))
+    patterns = downloads.plan(off, sections=["sd3"])[0].allow_patterns
+    assert not any(p.startswith(("text_encoder_3/", "tokenizer_3/")) for p in patterns)
+    full = {p.repo for p in downloads.plan(load_preset("full").settings, sections=["sd3"])}
+    assert "stabilityai/stable-diffusion-3.5-large" in full and "stabilityai/stable-diffusion-3.5-large-turbo" in full

@@ -127,3 +127,38 @@ def test_base_cycle_is_reported(presets_dir: Path) -> None:
 def test_unknown_preset_lists_the_known_ones() -> None:
     with pytest.raises(UnknownNameError, match="known: lite, bf16, full, cpu, tiny"):
         load_preset("huge")
+
+
+def test_each_preset_offers_sd_models_whose_default_fits_its_vram_class(tiny_cache: Path, tmp_path: Path) -> None:
+    from backends.families import FAMILIES
+    from backends.runtime.registry import DTYPE_BYTES
+    from backends.runtime.studio import Studio, StudioConfig
+
+    largest = {"sd3.5-large": 8146.3, "sd3.5-large-turbo": 8146.3, "sd3.5-medium": 2469.7, "sdxl": 2567.5}
+    chosen = {}
+    for name in presets.SHIPPED:
+        studio = Studio(StudioConfig(preset=name, cache_dir=tiny_cache, outputs_dir=tmp_path / "out", offline=True),
+                        FAMILIES)
+        models, default = studio.registry.models(), studio.registry.default_model()
+        chosen[name] = default
+        assert default in models
+        settings = studio.preset.settings
+        if settings.min_vram_gb:
+            family = getattr(settings, models[default])
+            size = largest[default] * 1e6 * DTYPE_BYTES.get(family.dtype, 4)
+            assert size < settings.min_vram_gb * 2**30, (name, default)  # its largest component alone fits
+    assert chosen == {"lite": "sdxl", "bf16": "sd3.5-medium", "full": "sd3.5-large", "cpu": "sdxl",
+                      "tiny": "sd3.5-large"}
+    tiny = load_preset("tiny").settings
+    assert list(tiny.sd3.offer) + list(tiny.sdxl.offer) == ["sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium", "sdxl"]
+    assert load_preset("lite").settings.sd3.t5 == "cpu"  # T5-XXL's 9.5 GB stays off a 6 GB card
+
+
+def test_a_list_key_is_checked_item_by_item(presets_dir: Path) -> None:
+    (presets_dir / "user" / "mine.yaml").write_text("base: lite\nsd3: {offer: [sd3.5-medium, sd4]}\n")
+    with pytest.raises(presets.PresetError, match=r"key 'sd3\.offer\[1\]' must be one of sd3\.5-large, "
+                                                  r"sd3\.5-large-turbo, sd3\.5-medium; got 'sd4'"):
+        load_preset("mine", presets_dir)
+    (presets_dir / "user" / "mine.yaml").write_text("base: lite\nsdxl: {offer: sdxl}\n")
+    with pytest.raises(presets.PresetError, match=r"key 'sdxl\.offer' must be a list of str, got 'sdxl'"):
+        load_preset("mine", presets_dir)

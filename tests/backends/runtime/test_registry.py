@@ -23,16 +23,21 @@ def studio(tiny_cache: Path, tmp_path: Path, budget: int | None = None) -> Studi
 
 def test_backends_are_built_lazily_and_unknown_names_list_the_known(tiny_cache: Path, tmp_path: Path) -> None:
     st = studio(tiny_cache, tmp_path)
-    assert st.registry.tasks() == ["text_to_image", "image_variation", "img2img", "image_to_video", "orbit", "chat"]
+    assert st.registry.tasks() == ["text_to_image", "image_variation", "img2img", "sd3_text_to_image", "sd3_img2img",
+                                   "sd3_inpaint", "image_to_video", "orbit", "chat", "sdxl_text_to_image",
+                                   "sdxl_img2img", "sdxl_inpaint"]
     assert st.status()["models"] == []
     with pytest.raises(UnknownNameError, match="Unknown task 'paint'; known: text_to_image, image_variation, "
-                                               "img2img, image_to_video, orbit, chat"):
+                                               "img2img, sd3_text_to_image, sd3_img2img, sd3_inpaint, "
+                                               "image_to_video, orbit, chat, sdxl_text_to_image"):
         st.registry.run("paint", request(), lambda *a: None)
-    with pytest.raises(UnknownNameError, match="Unknown backend 'sdxl'; known: cascade, svd, sv3d, stablelm"):
-        st.registry.backend("sdxl")
+    with pytest.raises(UnknownNameError, match="Unknown backend 'audio'; known: cascade, sd3, svd, sv3d, stablelm, "
+                                               "sdxl$"):
+        st.registry.backend("audio")
     st.unload("cascade")  # a known backend with nothing loaded is not an error
+    st.unload("sdxl")
     with pytest.raises(UnknownNameError, match="known: all, cascade"):
-        st.unload("sdxl")
+        st.unload("audio")
 
 
 def test_size_estimates_follow_the_preset() -> None:
