@@ -53,7 +53,9 @@ FIELD_LABELS: dict[str, str] = {
     "elevation_end_deg": "Elevation opposite the input view", "message": "Message", "history": "Chat history",
     "system_prompt": "System prompt", "temperature": "Temperature", "top_p": "Top-p",
     "max_new_tokens": "Max new tokens", "top_k": "Top-k", "repetition_penalty": "Repetition penalty",
-    "name": "Component",
+    "name": "Component", "guidance": "Guidance", "model": "Model", "mask": "Mask",
+    "max_sequence_length": "T5 sequence length", "t5": "T5 encoder", "refiner": "Refiner",
+    "high_noise_frac": "Refiner switch point", "options": "Model options",
 }
 
 

@@ -1,4 +1,4 @@
-"""Image tab: Stable Cascade text-to-image.
+"""Image tab: text-to-image with Stable Cascade, or an SD model (``tabs.sd``) picked in its selector.
 
 The ``/generate_image`` event takes exactly DESIGN.md's inputs, in order, with ``preprocess=False``.
 Steps, guidance and the image count are sliders on screen, but Gradio never checks an API value
@@ -42,6 +42,7 @@ from backends.runtime.errors import InputError
 from backends.runtime.png_info import read_png_info
 from backends.runtime.requests import MAX_SEED, shown
 from backends.runtime.studio import Studio
+from tabs import sd
 from tabs.common import (
     GPU_QUEUE,
     api_file_input,
@@ -222,12 +223,16 @@ def build(studio: Studio) -> dict[str, Any]:
     base = math.isqrt(defaults.width * defaults.height)
     choices = aspect_choices(base)
     sizes = f"{MIN_SIZE}–{MAX_SIZE}, multiple of {SIZE_MULTIPLE}"
+    models = sd.choices(studio)
     with gr.Row():
         with gr.Column(scale=2):
+            model = gr.Dropdown(models, value=sd.CASCADE, label="Model", visible=len(models) > 1,
+                                elem_id="image-model", info="Stable Cascade, or an SD model this preset offers")
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="A lighthouse on a cliff at dawn, oil painting")
             negative = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt, lines=1)
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="image-generate")
+                run_sd = gr.Button("Generate", variant="primary", elem_id="image-sd-generate", visible=False)
                 stop = gr.Button("Stop", variant="stop", elem_id="image-stop")
             with gr.Accordion("PNG Info", open=False, elem_id="image-png-info"):
                 png_file = gr.File(label="Drop a PNG to restore its settings", file_types=["image"],
@@ -240,12 +245,14 @@ def build(studio: Studio) -> dict[str, Any]:
                     width = gr.Number(value=defaults.width, label="Width", info=sizes)
                     height = gr.Number(value=defaults.height, label="Height", info=sizes)
                 num_images = gr.Slider(1, MAX_IMAGES, value=defaults.num_images, step=1, label="Images")
-                with gr.Row():
+                sd_controls = sd.build_controls("image")
+                cascade_group = gr.Group(elem_id="image-cascade-controls")
+                with cascade_group, gr.Row():
                     prior_steps = gr.Slider(1, MAX_PRIOR_STEPS, value=defaults.prior_steps, step=1,
                                             label="Stage C steps")
                     decoder_steps = gr.Slider(1, MAX_DECODER_STEPS, value=defaults.decoder_steps, step=1,
                                               label="Stage B steps")
-                with gr.Row():
+                with cascade_group, gr.Row():
                     prior_guidance = gr.Slider(0, MAX_GUIDANCE, value=defaults.prior_guidance, step=GUIDANCE_STEP,
                                                label="Stage C guidance")
                     decoder_guidance = gr.Slider(0, MAX_GUIDANCE, value=defaults.decoder_guidance,
@@ -302,12 +309,15 @@ def build(studio: Studio) -> dict[str, Any]:
     # sees the value as sent and names the field instead.
     event = run.click(on_gpu(handler, gpu_seconds), [*inputs, previews], [gallery, info],
                       api_name="generate_image", preprocess=False, **GPU_QUEUE)
-    event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
-    event.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
-    selected = wire_selection([event], gallery, info)
+    sd_ui, sd_public = sd.wire_text_to_image(studio, model, run, run_sd, cascade_group, sd_controls,
+                                             [prompt, negative, width, height, num_images, seed], [gallery, info])
+    for job in (event, sd_ui, sd_public):
+        job.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
+        job.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
+    selected = wire_selection([event, sd_ui], gallery, info)
 
-    wire_stop(studio, stop, [event], keep_finished=True)
-    wire_result_restore([event], gallery, info)
+    wire_stop(studio, stop, [event, sd_ui, sd_public], keep_finished=True)
+    wire_result_restore([event, sd_ui], gallery, info)
     wire_png_info(png_file, [prompt, negative, width, height, prior_steps, decoder_steps, prior_guidance,
                              decoder_guidance, seed], aspect, png_params, base)
     return {"selected_image": selected, "send_row": send_row, "prompt": prompt}

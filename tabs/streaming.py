@@ -49,6 +49,18 @@ class _Outcome:
     error: Exception | None = None
 
 
+def job_plan(request: Any) -> tuple[int, ...]:
+    """The steps of each stage of an image job, in the order they run: one bar over the whole job.
+
+    Stable Cascade runs stages C, B and A for each image in turn; an SD model denoises each image
+    (its stages' own reports replace the planned totals: img2img runs ``strength`` of the steps,
+    the SDXL refiner takes over the last ones).
+    """
+    if hasattr(request, "prior_steps"):
+        return (request.prior_steps, request.decoder_steps, 1) * request.num_images
+    return (request.steps,) * request.num_images
+
+
 def run_job(studio: Studio, session: str, task: str, request: Any, progress: gr.Progress, *,
             previews: bool, every: int, what: str) -> Iterator[Preview | Any]:
     """Run ``task`` through the registry; yield ``Preview`` items (when asked), then the result.
@@ -61,8 +73,7 @@ def run_job(studio: Studio, session: str, task: str, request: Any, progress: gr.
         Stopped: the user pressed Stop (``user_errors`` said so already).
     """
     control = studio.start_job(session)
-    # Stages C, B and A of each image in turn: one bar over the whole job.
-    plan = (request.prior_steps, request.decoder_steps, 1) * request.num_images
+    plan = job_plan(request)
     report = control.wrap(gradio_progress(progress, plan, on_fraction=control.progressed))
     worker: threading.Thread | None = None
     try:

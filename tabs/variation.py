@@ -46,6 +46,7 @@ from backends.cascade.requests import (
 from backends.runtime.errors import InputError
 from backends.runtime.image_input import load_image
 from backends.runtime.studio import Studio
+from tabs import sd, sd_edit
 from tabs.common import (
     GPU_QUEUE,
     api_endpoint,
@@ -67,7 +68,7 @@ RECENT = 12
 #: Saved PNGs looked at to find them: the Image tab's results share the outputs folder.
 RECENT_SCAN = 200
 #: The tasks whose results this tab lists (the ``task`` in each PNG's ``studio`` chunk).
-TASKS = ("image_variation", "img2img")
+TASKS = ("image_variation", "img2img", "sd3_img2img", "sd3_inpaint", "sdxl_img2img", "sdxl_inpaint")
 
 
 def _sampling(studio: Studio) -> tuple[dict[str, Any], int]:
@@ -182,6 +183,15 @@ def build(studio: Studio) -> dict[str, Any]:
                     strength = gr.Slider(0, 1, value=defaults.strength, step=0.01, label="Strength",
                                          info="0 keeps the image, 1 ignores it")
                     run_img2img = gr.Button("Generate img2img", variant="primary", elem_id="img2img-generate")
+                    run_sd_img2img = gr.Button("Generate img2img", variant="primary", visible=False,
+                                               elem_id="img2img-sd-generate")
+                inpaint = sd_edit.build_inpaint_tab(studio)
+            # Under the buttons, not above them: on a phone they must stay on the first screen.
+            models = sd.choices(studio)
+            model = gr.Dropdown(models, value=sd.CASCADE, label="Model for img2img", visible=len(models) > 1,
+                                elem_id="variation-model",
+                                info="Variations are Stable Cascade's; inpainting needs an SD model")
+            sd_controls = sd.build_controls("variation")
             stop = gr.Button("Stop", variant="stop", elem_id="variation-stop")
             negative = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt, lines=1)
             with gr.Accordion("Size", open=False):
@@ -252,7 +262,6 @@ def build(studio: Studio) -> dict[str, Any]:
     for event in events:
         event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
         event.then(lambda: recent_results(studio), None, history, api_visibility="private", queue=False)
-    selected = wire_selection(events, gallery, info)
 
     # The public endpoints read the picture from a hidden JSON input (tabs.common explains why)
     # and run without previews.
@@ -272,6 +281,13 @@ def build(studio: Studio) -> dict[str, Any]:
         yield from img2img(studio, [path, prompt, negative_prompt, strength, width, height, seed], False,
                            request, progress)
 
+    sd_events = sd_edit.wire(studio, model, image, dict(prompt=prompt, negative=negative, strength=strength,
+                                                        width=width, height=height, seed=seed),
+                             (run_img2img, run_sd_img2img), inpaint, sd_controls, [gallery, info])
+    for event in sd_events:
+        event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
+        event.then(lambda: recent_results(studio), None, history, api_visibility="private", queue=False)
+    selected = wire_selection([*events, *sd_events[:2]], gallery, info)
     api_image = api_file_input("image")
     events += [
         api_endpoint(image_variation, variation_seconds,
@@ -280,8 +296,8 @@ def build(studio: Studio) -> dict[str, Any]:
         api_endpoint(img2img_api, img2img_seconds,
                      [api_image, prompt, negative, api_strength, width, height, seed], [gallery, info], "img2img"),
     ]
-    wire_stop(studio, stop, events, keep_finished=True)
-    wire_result_restore(events[:2], gallery, info)  # the tab's own two
+    wire_stop(studio, stop, [*events, *sd_events], keep_finished=True)
+    wire_result_restore([*events[:2], *sd_events[:2]], gallery, info)  # the tab's own buttons
     return {"image": image, "prompt": prompt, "selected_image": selected, "send_row": send_row}
 
 

@@ -171,6 +171,10 @@ CONTRACT = {
     "/status": [],
     "/unload": ["name"],
     "/png_info": ["image"],
+    "/generate_image_sd": ["prompt", "negative_prompt", "width", "height", "steps", "guidance", "num_images", "seed",
+                           "model"],
+    "/img2img_sd": ["image", "prompt", "negative_prompt", "strength", "width", "height", "seed", "model"],
+    "/inpaint": ["image", "mask", "prompt", "negative_prompt", "strength", "seed", "model"],
 }
 
 

@@ -77,6 +77,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                    elevation_end_deg=30),
     "/chat": dict(message="hi", history=[], system_prompt=SYSTEM, temperature=0, top_p=1.0, max_new_tokens=8),
     "/unload": dict(name="all"),
+    "/generate_image_sd": dict(prompt="a red lighthouse", negative_prompt="", width=256, height=256, steps=2,
+                               guidance=3.0, num_images=1, seed=7, model="sdxl"),
+    "/img2img_sd": dict(image=Pic("photo.png"), prompt="a red house", negative_prompt="", strength=0.5, width=256,
+                        height=256, seed=5, model="sd3.5-medium"),
+    "/inpaint": dict(image=Pic("photo.png"), mask=Pic("mask.png"), prompt="a door", negative_prompt="", strength=1.0,
+                     seed=5, model="sdxl"),
 }
 
 
@@ -113,6 +119,7 @@ def handled(endpoint: str, label: str, overrides: dict[str, Any], notice: str | 
 
 G, V, I, VID, O, C, U = ("/generate_image", "/image_variation", "/img2img", "/generate_video", "/orbit", "/chat",
                          "/unload")
+SD, S2, INP = "/generate_image_sd", "/img2img_sd", "/inpaint"
 HUGE_HISTORY = [{"role": role, "content": f"turn {i} " + "word " * 40}
                 for i in range(5_000) for role in ("user", "assistant")]  # about 2 MB
 #: What JSON's 401-digit ``1000…0`` becomes in Python: an int that no float can hold.
@@ -317,6 +324,29 @@ CASES = [
     refused(U, "a 1 MB name", "name", "x" * MB, "is 1,048,576 characters"),
     refused(U, "a 401-digit number", "name", TOO_BIG, "expected text, got int"),
     # /unload's check is tabs/system.py's: it refuses the name as unknown, escaped (no raw surrogate).
+    # /generate_image_sd, /img2img_sd, /inpaint
+    refused(SD, "a model the preset does not offer", "model", "sd9", "must be one of sd3.5-large, sd3.5-large-turbo, "
+                                                                      "sd3.5-medium, sdxl"),
+    refused(SD, "a number for the model", "model", 5, "must be one of .*got 5"),
+    refused(SD, "not a multiple of 64", "width", 300, "multiple of 64"),
+    refused(SD, "zero steps", "steps", 0, "between 1 and 150"),
+    refused(SD, "NaN guidance as text", "guidance", "nan", "finite"),
+    refused(SD, "raw NaN guidance", "guidance", float("nan"), "finite", raw=True),
+    refused(SD, "too many images", "num_images", 9, "between 1 and 4"),
+    refused(SD, "empty prompt", "prompt", "", "is empty"),
+    refused(S2, "no image", "image", None, "no image given"),
+    refused(S2, "a width below the range", "width", 128, "between 256 and 2048"),
+    refused(S2, "strength above 1", "strength", 2, "between 0 and 1"),
+    refused(S2, "an unknown model", "model", "sdxl-turbo", "must be one of"),
+    refused(S2, "a text file", "image", Pic("notes.txt"), r"could not read notes\.txt"),
+    refused(S2, "a fractional seed", "seed", 1.5, "whole number"),
+    refused(INP, "no mask", "mask", None, "no image given"),
+    refused(INP, "a mask of another size", "mask", Pic("small-mask.png"), "is 100×60 but the image is 200×120"),
+    refused(INP, "an empty mask", "mask", Pic("empty-mask.png"), "is empty"),
+    refused(INP, "a text file for the mask", "mask", Pic("notes.txt"), r"could not read notes\.txt"),
+    refused(INP, "negative strength", "strength", -0.5, "between 0 and 1"),
+    refused(INP, "Stable Cascade as the model", "model", "cascade", "must be one of"),
+    handled(INP, "an RGB mask", {"mask": Pic("mask-rgb.png")}, same_as={}),
     refused(U, "a lone surrogate", "name", "\ud800", r"Unknown model '\\ud800'", raw=True),
     handled(U, "spaces around 'all'", {"name": "  all  "}),
 ]
@@ -339,6 +369,12 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "notes.txt").write_text("hello")
     (folder / "bomb.png").write_bytes(png_header_only(12_000, 12_000))
     Image.new("RGB", (1, 1)).save(folder / "dot.png")
+    mask = Image.new("L", (200, 120), 0)
+    mask.paste(255, (60, 30, 140, 90))
+    mask.save(folder / "mask.png")
+    mask.convert("RGB").save(folder / "mask-rgb.png")
+    mask.resize((100, 60)).save(folder / "small-mask.png")
+    Image.new("L", (200, 120), 0).save(folder / "empty-mask.png")
     Image.new("CMYK", (96, 64), (0, 100, 200, 0)).save(folder / "cmyk.jpg")
     Image.new("I;16", (96, 64), 40_000).save(folder / "gray16.png")
     Image.new("1", (96, 64), 1).save(folder / "bits.png")
@@ -417,7 +453,7 @@ def call_raw(url: str, endpoint: str, overrides: dict[str, Any], pictures: Path)
 
 def fingerprint(endpoint: str, result: Any) -> Any:
     """What must repeat exactly for the same inputs and seed: pixels, frames, text, placements."""
-    if endpoint in (G, V, I):
+    if endpoint in (G, V, I, SD, S2, INP):
         return [np.asarray(Image.open(item["image"]).convert("RGB")) for item in result[0]]
     if endpoint == VID:
         return read_frames(result[0]["video"] if isinstance(result[0], dict) else result[0])
@@ -452,7 +488,7 @@ def check_result(endpoint: str, values: dict[str, Any], result: Any, notice: str
         return
     info = result[-1]
     assert info["seed"] == values["seed"] and info["preset"] == "tiny"
-    if endpoint in (G, V, I):
+    if endpoint in (G, V, I, SD, S2, INP):
         gallery = result[0]
         assert len(gallery) == values.get("num_images", 1)
         assert all(Image.open(item["image"]).size == (info["width"], info["height"]) for item in gallery)

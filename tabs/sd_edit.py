@@ -1,0 +1,158 @@
+"""The SD side of the Variation / img2img tab: img2img and inpainting with SD3.5 or SDXL.
+
+The tab's model selector picks what img2img runs on (Stable Cascade or an SD model); variations
+stay Stable Cascade's (SD has no image-embedding variation). Inpainting is an SD task: with Stable
+Cascade selected it runs on the preset's default SD model, and its button says which.
+
+The mask is drawn on the input picture in a ``gr.ImageEditor`` (white brush; every painted pixel
+is repainted) or uploaded as a file (white = repaint), which wins when both are given. The
+picture itself is always the tab's input file, so the editor is a drawing surface only: it is
+refilled whenever the input changes. Public endpoints: ``/img2img_sd`` and ``/inpaint``, in
+DESIGN.md's order, with the picture and the mask read from hidden JSON inputs and strength from
+a hidden number (``tabs.variation`` explains both).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import gradio as gr
+
+from backends.runtime.errors import InputError
+from backends.runtime.image_input import load_image
+from backends.runtime.studio import Studio
+from tabs import sd
+from tabs.common import GPU_QUEUE, api_endpoint, api_file_input, on_gpu, uploaded_path, user_errors
+
+
+def inpaint_label(studio: Studio, model: str) -> str:
+    """The Inpaint button's text: which model will repaint (Cascade has no inpainting)."""
+    chosen = model if model in sd.offered(studio) else studio.registry.default_model()
+    return f"Inpaint with {sd.LABELS.get(chosen, chosen)}"
+
+
+def editor_value(path: Any) -> Any:
+    """The editor's value for a newly chosen input: that picture as the background, nothing painted."""
+    if not path:
+        return None
+    try:
+        picture = load_image("image", path).image
+    except InputError:
+        return None  # the preview has said what is wrong with the file
+    return {"background": picture, "layers": [], "composite": picture}
+
+
+def _sampling(controls_on: bool, steps: Any, guidance: Any) -> dict[str, Any] | None:
+    """The UI's steps and guidance while an SD model is chosen; else the model's defaults (None)."""
+    return {"steps": steps, "guidance": guidance} if controls_on else None
+
+
+def build_inpaint_tab(studio: Studio) -> dict[str, Any]:
+    """The Inpaint sub-tab's widgets (call inside the tab's ``gr.Tabs``)."""
+    default = studio.registry.default_model()
+    strength = sd.model_defaults(studio, default).strength if default else 0.8
+    with gr.Tab("Inpaint", id="inpaint", visible=bool(default)):
+        editor = gr.ImageEditor(label="Paint the area to repaint", type="pil", sources=(), height=360,
+                                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=32),
+                                eraser=gr.Eraser(default_size=32), layers=False, elem_id="inpaint-editor")
+        mask_file = gr.File(label="Or upload a mask (white = repaint)", file_types=["image"], type="filepath",
+                            height=100, elem_id="inpaint-mask-file")
+        inpaint_strength = gr.Slider(0, 1, value=strength, step=0.01, label="Strength",
+                                     info="How far the painted area is re-noised: 1 repaints it from scratch")
+        run = gr.Button(inpaint_label(studio, sd.CASCADE), variant="primary", elem_id="inpaint-generate")
+    return {"editor": editor, "mask_file": mask_file, "strength": inpaint_strength, "run": run}
+
+
+def wire(studio: Studio, model: gr.Dropdown, image: gr.File, fields: dict[str, Any], img2img_buttons: tuple[Any, Any],
+         inpaint: dict[str, Any], controls: sd.SdControls, outputs: list[Any]) -> list[Any]:
+    """Wire the selector, the editor refill, the SD buttons and ``/img2img_sd`` and ``/inpaint``.
+
+    Args:
+        fields: the tab's ``prompt``, ``negative``, ``strength`` (img2img's), ``width``, ``height``, ``seed``.
+        img2img_buttons: Stable Cascade's img2img button and the SD one; one shows at a time.
+        inpaint: ``build_inpaint_tab``'s widgets.
+
+    Returns:
+        The SD events: the UI's two, then the two public endpoints.
+    """
+    cascade_button, sd_button = img2img_buttons
+    prompt, negative, strength = fields["prompt"], fields["negative"], fields["strength"]
+    width, height, seed = fields["width"], fields["height"], fields["seed"]
+
+    def switch(chosen: str) -> dict[Any, Any]:
+        on = chosen in sd.offered(studio)
+        updates = {cascade_button: gr.update(visible=not on), sd_button: gr.update(visible=on),
+                   inpaint["run"]: gr.update(value=inpaint_label(studio, chosen))}
+        updates.update(sd.on_model(studio, chosen, controls))
+        return updates
+
+    model.input(switch, model, [cascade_button, sd_button, inpaint["run"], controls.group, controls.steps,
+                                controls.guidance, *controls.extras, controls.license],
+                api_visibility="private", queue=False)
+    image.change(editor_value, image, inpaint["editor"], api_visibility="private", queue=False)
+
+    def chosen_model(value: Any) -> str:
+        return value if value in sd.offered(studio) else ""
+
+    def img2img_ui(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any, height: Any,
+                   seed: Any, model: Any, steps: Any, guidance: Any, max_sequence_length: Any, refiner: Any,
+                   high_noise_frac: Any, request: gr.Request,
+                   progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        options = sd.options_from(studio, model, max_sequence_length, refiner, high_noise_frac)
+        yield from sd.img2img(studio, [image, prompt, negative_prompt, strength, width, height, seed, model],
+                              options, request, progress, _sampling(True, steps, guidance))
+
+    def inpaint_ui(image: Any, editor: Any, mask_file: Any, prompt: Any, negative_prompt: Any, strength: Any,
+                   seed: Any, model: Any, steps: Any, guidance: Any, max_sequence_length: Any, refiner: Any,
+                   high_noise_frac: Any, request: gr.Request,
+                   progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        on = model in sd.offered(studio)
+        mask = mask_file or sd.drawn_mask(editor)
+        options = sd.options_from(studio, model, max_sequence_length, refiner, high_noise_frac) if on else {}
+        yield from sd.inpaint(studio, [image, mask, prompt, negative_prompt, strength, seed, chosen_model(model)],
+                              options, request, progress, _sampling(on, steps, guidance))
+
+    def img2img_sd(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any, height: Any, seed: Any,
+                   model: Any, request: gr.Request,
+                   progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        """img2img with SD3.5 or SDXL (image: gradio_client's handle_file("photo.png"); strength 0-1; width
+        and height 0 follow the picture; model empty for the preset's default); returns gallery and info."""
+        path = user_errors("img2img", lambda: uploaded_path("image", image))
+        yield from sd.img2img(studio, [path, prompt, negative_prompt, strength, width, height, seed, model], {},
+                              request, progress)
+
+    def inpaint_api(image: Any, mask: Any, prompt: Any, negative_prompt: Any, strength: Any, seed: Any, model: Any,
+                    request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        """Inpaint with SD3.5 or SDXL (image and mask: handle_file(...), the mask white where the picture is
+        repainted and of the picture's size; strength 0-1); returns gallery and info."""
+        paths = user_errors("Inpaint", lambda: (uploaded_path("image", image), uploaded_path("mask", mask)))
+        yield from sd.inpaint(studio, [paths[0], paths[1], prompt, negative_prompt, strength, seed, model], {},
+                              request, progress)
+
+    def img2img_seconds(image: Any, prompt: Any, negative: Any, strength: Any, width: Any, height: Any,
+                        *_: Any, **__: Any) -> int:
+        return sd.seconds(width, height, 40)
+
+    def inpaint_seconds(*_: Any, **__: Any) -> int:
+        return sd.seconds(1024, 1024, 40)
+
+    sampling = [controls.steps, controls.guidance, *controls.extras]
+    events = [
+        sd_button.click(on_gpu(img2img_ui, img2img_seconds),
+                        [image, prompt, negative, strength, width, height, seed, model, *sampling], outputs,
+                        api_visibility="private", **GPU_QUEUE),
+        inpaint["run"].click(on_gpu(inpaint_ui, inpaint_seconds),
+                             [image, inpaint["editor"], inpaint["mask_file"], prompt, negative, inpaint["strength"],
+                              seed, model, *sampling], outputs, api_visibility="private", **GPU_QUEUE),
+    ]
+    api_image, api_mask = api_file_input("image"), api_file_input("mask")
+    api_strength = gr.Number(value=0.8, label="Strength", info="0–1", visible=False)
+    api_model = gr.Textbox(value="", label="model", visible=False)
+    events += [
+        api_endpoint(img2img_sd, img2img_seconds,
+                     [api_image, prompt, negative, api_strength, width, height, seed, api_model], outputs,
+                     "img2img_sd"),
+        api_endpoint(inpaint_api, inpaint_seconds,
+                     [api_image, api_mask, prompt, negative, api_strength, seed, api_model], outputs, "inpaint"),
+    ]
+    return events
