@@ -247,13 +247,17 @@ class MemoryManager:
         self.faults.fire(site)
 
     @contextlib.contextmanager
-    def use(self, name: str, working_bytes: int | Callable[[nn.Module], int] = 0) -> Iterator[nn.Module]:
+    def use(self, name: str, working_bytes: int | Callable[[nn.Module], int] = 0, *,
+            host: bool = False) -> Iterator[nn.Module]:
         """Load if needed, make room, place the component for the current mode, and yield it.
 
         Args:
             name: a registered component.
             working_bytes: activation memory this use needs on top of the weights, or a function
                 of the loaded (CPU) module that computes it, so estimates can read its config.
+            host: lend the RAM copy and leave the device alone (SD3.5's T5 with ``t5: cpu``): the
+                component is still loaded, listed in ``/status``, unloadable and dropped for RAM
+                like any other; a resident device copy is taken off first.
         """
         comp = self.component(name)
         with self._lock:
@@ -261,7 +265,13 @@ class MemoryManager:
             assert comp.home is not None
             working = working_bytes(comp.home.module) if callable(working_bytes) else working_bytes
             self._largest_working[name] = max(self._largest_working.get(name, 0), working)
-            placement = self._place(comp, working)
+            if host:
+                if comp.placement is not Placement.CPU and comp.in_use == 0:
+                    comp.home.to_home()
+                    comp.placement = Placement.CPU
+                placement = comp.placement
+            else:
+                placement = self._place(comp, working)
             comp.in_use += 1
             self._touch(comp)
         try:

@@ -114,11 +114,10 @@ class Sd3Backend:
         self.t5 = t5_placement(settings)
         self._lock = threading.Lock()
         self._aux: tuple[Tokenizers, Any] | None = None
-        self._t5_cpu: torch.nn.Module | None = None
         self._t5_widths: dict[str, int] = {}
         parts = [(TEXT_ENCODER, CLIPTextModelWithProjection, settings.text_encoder),
                  (TEXT_ENCODER_2, CLIPTextModelWithProjection, settings.text_encoder_2)]
-        if self.t5 == "device":
+        if self.t5 != "off":  # with t5 cpu the manager lends its RAM copy (``use(..., host=True)``)
             parts.append((TEXT_ENCODER_3, T5EncoderModel, settings.text_encoder_3))
         parts += [(transformer_name(m), SD3Transformer2DModel, self._transformer_source(m)) for m in settings.offer]
         parts.append((VAE, AutoencoderKL, settings.vae))
@@ -158,20 +157,6 @@ class Sd3Backend:
                                         load_pretrained(T5TokenizerFast, s.tokenizer_3, self.ctx))
                 self._aux = (tokenizers, load_pretrained(FlowMatchEulerDiscreteScheduler, s.scheduler, self.ctx))
             return self._aux
-
-    def _t5_on_cpu(self) -> torch.nn.Module:
-        """T5 kept in RAM for ``t5`` cpu; the manager never places it, so it never takes device memory."""
-        with self._lock:
-            if self._t5_cpu is None:
-                from transformers import T5EncoderModel
-
-                from backends.runtime.offload import module_bytes
-
-                started = time.perf_counter()
-                self._t5_cpu = self._loader(T5EncoderModel, self.settings.text_encoder_3)()
-                logger.info("loaded %s on the cpu: %.1f MB in %.2f s", TEXT_ENCODER_3,
-                            module_bytes(self._t5_cpu) / 2**20, time.perf_counter() - started)
-            return self._t5_cpu
 
     def _t5_width(self, model: str) -> int:
         """The transformer's ``joint_attention_dim`` (T5's width) from its config, without its weights."""
@@ -251,7 +236,7 @@ class Sd3Backend:
         guided = request.guidance > 1
         return encode(self.manager, tokenizers, request.prompt, request.negative_prompt if guided else None,
                       max_sequence_length=options.max_sequence_length, t5=options.t5,
-                      t5_on_cpu=self._t5_on_cpu, t5_width=lambda: self._t5_width(request.model),
+                      t5_width=lambda: self._t5_width(request.model),
                       dtype=self.dtype, timings=timings)
 
     def _one_image(self, task: str, request: Any, options: Sd3Options, text: PromptEmbeddings, index: int,

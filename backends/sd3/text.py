@@ -82,14 +82,14 @@ def truncation_notices(tokenizers: Tokenizers, texts: Sequence[tuple[str, str]],
 
 
 def encode(manager: MemoryManager, tokenizers: Tokenizers, prompt: str, negative_prompt: str | None, *,
-           max_sequence_length: int, t5: str, t5_on_cpu: Callable[[], torch.nn.Module],
-           t5_width: Callable[[], int], dtype: torch.dtype, timings: dict[str, float]) -> PromptEmbeddings:
+           max_sequence_length: int, t5: str, t5_width: Callable[[], int], dtype: torch.dtype,
+           timings: dict[str, float]) -> PromptEmbeddings:
     """Encode the prompt (and ``negative_prompt`` unless None, i.e. without guidance).
 
     Args:
-        manager: lends ``sd3.text_encoder``, ``_2`` and, with ``t5`` device, ``_3``.
+        manager: lends ``sd3.text_encoder``, ``_2`` and ``_3`` (T5; with ``t5`` cpu its RAM copy,
+            ``use(..., host=True)``, so only its embeddings move to the device).
         t5: device, cpu or off for this job.
-        t5_on_cpu: the T5 module kept in RAM, for ``t5`` cpu.
         t5_width: the transformer's ``joint_attention_dim``, the width of T5's zeros when it is off.
         dtype: the CLIP encoders' dtype, as the pipeline's zeros take it.
         timings: seconds by stage; ``text_encoders`` and ``t5`` are added.
@@ -117,7 +117,7 @@ def encode(manager: MemoryManager, tokenizers: Tokenizers, prompt: str, negative
     timings["text_encoders"] = timings.get("text_encoders", 0.0) + time.perf_counter() - started
 
     started = time.perf_counter()
-    t5_states = _t5_states(manager, tokenizers, texts, max_sequence_length, t5, t5_on_cpu, t5_width, dtype)
+    t5_states = _t5_states(manager, tokenizers, texts, max_sequence_length, t5, t5_width, dtype)
     if t5 != "off":
         timings["t5"] = timings.get("t5", 0.0) + time.perf_counter() - started
     encoded = [Conditioning(join(hidden, states), pooled) for (hidden, pooled), states in zip(clips, t5_states)]
@@ -125,8 +125,7 @@ def encode(manager: MemoryManager, tokenizers: Tokenizers, prompt: str, negative
 
 
 def _t5_states(manager: MemoryManager, tokenizers: Tokenizers, texts: list[str], length: int, t5: str,
-               t5_on_cpu: Callable[[], torch.nn.Module], t5_width: Callable[[], int],
-               dtype: torch.dtype) -> list[torch.Tensor]:
+               t5_width: Callable[[], int], dtype: torch.dtype) -> list[torch.Tensor]:
     """T5's hidden states of each text, on the compute device (zeros when ``t5`` is off)."""
     device = manager.device
     if t5 == "off":
@@ -136,12 +135,9 @@ def _t5_states(manager: MemoryManager, tokenizers: Tokenizers, texts: list[str],
         pipe = assemble(TextToImage, where, text_encoder_3=encoder, tokenizer_3=tokenizers.t5)
         return [pipe._get_t5_prompt_embeds(text, 1, length, device=where, dtype=dtype).to(device) for text in texts]
 
-    if t5 == "cpu":
-        with torch.inference_mode():
-            return run(t5_on_cpu(), torch.device("cpu"))
-
     def need(module: torch.nn.Module) -> int:
         return t5_bytes(module.config, torch.finfo(module.dtype).bits // 8, length, len(texts))
 
-    with manager.use(TEXT_ENCODER_3, need) as encoder, torch.inference_mode():
-        return run(encoder, device)
+    on_cpu = t5 == "cpu"
+    with manager.use(TEXT_ENCODER_3, need, host=on_cpu) as encoder, torch.inference_mode():
+        return run(encoder, torch.device("cpu") if on_cpu else device)

@@ -387,3 +387,14 @@ def test_usable_free_and_room_beside_apply_budget_and_reserve() -> None:
     reserve = int(0.05 * 20 * MB)
     assert manager.usable_free() == 20 * MB - size - reserve
     assert manager.room_beside(size) == 20 * MB - reserve - size
+
+
+def test_a_host_use_lends_the_ram_copy_and_takes_a_device_copy_off_first() -> None:
+    manager = manager_with(100, {"t5": 4})
+    touch(manager, "t5")
+    assert placements(manager) == {"t5": "gpu"}
+    with manager.use("t5", working_bytes=200 * MB, host=True) as module:  # no device room needed
+        assert placements(manager) == {"t5": "cpu"}
+        assert next(module.parameters()).device.type == "cpu"
+    assert placements(manager) == {"t5": "cpu"} and manager.component("t5").loads == 1
+    assert manager.largest_working()["t5"] == 200 * MB
