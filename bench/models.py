@@ -2,7 +2,8 @@
 
 ``--size tiny`` runs the app exactly as ``--preset tiny`` does. ``--size real`` keeps the tiny
 preset's tokenizers, schedulers and feature extractor (their ids and configs are valid for the
-real architectures; StableLM's model config is the real shape's, see ``stablelm_config_folder``)
+real architectures; StableLM's model config and SD3.5's transformer config are the real shapes',
+see ``stablelm_config_folder`` and ``bench.sd_models``)
 but registers builders of real-size, random-weight modules with the memory
 manager *before* the backends are built. ``MemoryManager.register`` is idempotent, so the
 backends then run on those modules through their normal path: nothing is downloaded and no
@@ -88,7 +89,7 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def _built(factory: Callable[[], torch.nn.Module], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+def built(factory: Callable[[], torch.nn.Module], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Build on the device (fast random init), then ``.to`` it: a device context misses some
     parameters (NOTES.md, AlphaBlender), and the manager wants its CPU home anyway.
 
@@ -113,10 +114,10 @@ def cascade_builders(variant: str, device: torch.device, dtype: torch.dtype,
     # Pooling picks the first eos token; it must be the (tiny) tokenizer's (NOTES.md).
     text = CLIPTextConfig(**TEXT_BIGG, eos_token_id=eos_token_id)
     return {
-        "cascade.text_encoder": lambda: _built(lambda: CLIPTextModelWithProjection(text), device, dtype),
-        "cascade.prior": lambda: _built(lambda: StableCascadeUNet(**prior), device, dtype),
-        "cascade.decoder": lambda: _built(lambda: StableCascadeUNet(**decoder), device, dtype),
-        "cascade.vqgan": lambda: _built(PaellaVQModel, device, dtype),
+        "cascade.text_encoder": lambda: built(lambda: CLIPTextModelWithProjection(text), device, dtype),
+        "cascade.prior": lambda: built(lambda: StableCascadeUNet(**prior), device, dtype),
+        "cascade.decoder": lambda: built(lambda: StableCascadeUNet(**decoder), device, dtype),
+        "cascade.vqgan": lambda: built(PaellaVQModel, device, dtype),
     }
 
 
@@ -126,10 +127,10 @@ def svd_builders(device: torch.device, dtype: torch.dtype) -> dict[str, Callable
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     return {
-        "svd.unet": lambda: _built(UNetSpatioTemporalConditionModel, device, dtype),
-        "svd.vae": lambda: _built(lambda: AutoencoderKLTemporalDecoder(**SVD_VAE), device, dtype),
-        "svd.image_encoder": lambda: _built(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_H)),
-                                            device, dtype),
+        "svd.unet": lambda: built(UNetSpatioTemporalConditionModel, device, dtype),
+        "svd.vae": lambda: built(lambda: AutoencoderKLTemporalDecoder(**SVD_VAE), device, dtype),
+        "svd.image_encoder": lambda: built(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_H)),
+                                           device, dtype),
     }
 
 
@@ -146,9 +147,9 @@ def sv3d_builders(device: torch.device, dtype: torch.dtype) -> dict[str, Callabl
     builders: dict[str, Callable[[], torch.nn.Module]] = {}
     for variant, adm in SV3D_ADM.items():
         config = {**SV3D_UNET, "projection_class_embeddings_input_dim": adm}
-        builders[f"sv3d.{variant}.unet"] = lambda config=config: _built(lambda: Sv3dUNet(**config), device, dtype)
-        builders[f"sv3d.{variant}.vae"] = lambda: _built(lambda: AutoencoderKL(**SV3D_VAE), device, torch.float32)
-        builders[f"sv3d.{variant}.image_encoder"] = lambda: _built(
+        builders[f"sv3d.{variant}.unet"] = lambda config=config: built(lambda: Sv3dUNet(**config), device, dtype)
+        builders[f"sv3d.{variant}.vae"] = lambda: built(lambda: AutoencoderKL(**SV3D_VAE), device, torch.float32)
+        builders[f"sv3d.{variant}.image_encoder"] = lambda: built(
             lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION_H)), device, dtype)
     return builders
 
@@ -178,13 +179,20 @@ def stablelm_builders(device: torch.device, dtype: torch.dtype) -> dict[str, Cal
 
 
 def make_studio(options: BenchOptions, budget_bytes: int | None = None, variant: str = "lite",
-                dtype: torch.dtype = torch.bfloat16, outputs: Path | None = None) -> Any:
-    """A Studio on the tiny preset; for ``--size real`` with real-size modules of ``variant``."""
+                dtype: torch.dtype = torch.bfloat16, outputs: Path | None = None, sd3_t5: str = "off") -> Any:
+    """A Studio on the tiny preset; for ``--size real`` with real-size modules of ``variant``.
+
+    At real size SD3.5 offers Medium only (the one real-size transformer ``bench.sd_models``
+    builds: a Large request then fails loudly instead of running the tiny Large), and T5 runs as
+    ``sd3_t5`` says: ``off`` (the default: T5-XXL is 19 GB in float32) or ``device`` (real-size
+    T5 built by the manager; a GPU's ``never_oom``).
+    """
     from transformers import CLIPTokenizer
 
     from backends.families import FAMILIES, load_context
     from backends.runtime.loading import Source, load_pretrained
     from backends.runtime.studio import Studio, StudioConfig
+    from bench.sd_models import sd3_builders, sd3_config_folder, sdxl_builders
 
     config = StudioConfig(preset="tiny", vram_budget_bytes=budget_bytes, cache_dir=options.cache_dir,
                           outputs_dir=outputs or options.cache_dir / "bench-outputs", offline=True)
@@ -197,15 +205,27 @@ def make_studio(options: BenchOptions, budget_bytes: int | None = None, variant:
     name = _DTYPE_NAMES[dtype]
     settings = studio.registry.preset
     # The backends cast inputs to the preset dtype; it must be the built modules' dtype.
-    for key in ("cascade", "svd", "sv3d", "stablelm"):
+    for key in ("cascade", "svd", "sv3d", "stablelm", "sd3", "sdxl"):
         setattr(settings, key, dataclasses.replace(getattr(settings, key), dtype=name))
+    if sd3_t5 not in ("off", "device"):
+        raise ValueError(f"sd3_t5 must be off or device for real-size modules, got {sd3_t5!r}")
     config_folder = Source(str(stablelm_config_folder(options.cache_dir)))
     settings.stablelm = dataclasses.replace(settings.stablelm, model=config_folder)
+    transformer = Source(str(sd3_config_folder(options.cache_dir)))
+    settings.sd3 = dataclasses.replace(settings.sd3, offer=["sd3.5-medium"], t5=sd3_t5, transformer_medium=transformer)
     ctx = load_context(options.cache_dir, offline=True)
     tokenizer = load_pretrained(CLIPTokenizer, settings.cascade.tokenizer, ctx)
+
+    def eos(family: Any) -> tuple[int, int]:
+        first, second = (load_pretrained(CLIPTokenizer, source, ctx) for source in (family.tokenizer,
+                                                                                     family.tokenizer_2))
+        return first.eos_token_id, second.eos_token_id
+
     builders = {**cascade_builders(variant, options.device, dtype, tokenizer.eos_token_id),
                 **svd_builders(options.device, dtype), **sv3d_builders(options.device, dtype),
-                **stablelm_builders(options.device, dtype)}
+                **stablelm_builders(options.device, dtype),
+                **sd3_builders(options.device, dtype, eos(settings.sd3), t5=sd3_t5 == "device"),
+                **sdxl_builders(options.device, dtype, eos(settings.sdxl))}
     for component, build in builders.items():
         studio.manager.register(component, build)
     return studio

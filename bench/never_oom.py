@@ -4,7 +4,13 @@ Each cap is set with ``torch.cuda.set_per_process_memory_fraction`` and also giv
 manager as its budget (pynvml sees the whole card, not the process's fraction; a user with that
 card would see its real size). The preset is the one ``auto`` picks for that size, with its
 defaults; the modules are real-size with random weights (``bench.models``: the preset's Stable
-Cascade variant, SVD-XT, SV3D_p, and the 1.6B StableLM shape for chat, the only LM shape in NOTES.md).
+Cascade variant, SVD-XT, SV3D_p, the 1.6B StableLM shape for chat, the only LM shape in NOTES.md,
+and SD3.5 Medium and SDXL, ``bench.sd_models``). The SD request is the preset's default SD model
+(``sd_model``, else the first offered: SDXL for lite at 8 and 12 GB, SD3.5 Medium for bf16 at 16)
+at its defaults; SD3.5's T5 follows the preset where it runs on the device and is off where the
+preset puts it on the CPU (it takes no device memory there, and the backend loads that copy
+itself, so no real-size one can stand in). A model the real-size run does not build (SD3.5
+Large) is an error in the outcomes, not a silent tiny run.
 Goal: zero OOMs, every request completes. On the CPU there is no device memory to cap, so the
 scenario records that it needs CUDA instead of failing.
 """
@@ -29,6 +35,34 @@ CAPS_GB = (8, 12, 16)
 NEEDS_CUDA = "needs CUDA: torch.cuda.set_per_process_memory_fraction caps a GPU; skipped on the CPU"
 
 
+def offered_sd_models(preset: Any) -> dict[str, str]:
+    """The SD models this preset offers, each with its family (``Registry.models``' rule)."""
+    from backends.families import FAMILIES
+
+    return {model: spec.name for spec in FAMILIES if spec.models
+            for model in getattr(getattr(preset, spec.settings_key), "offer", spec.models)}
+
+
+def default_sd_model(preset: Any) -> str:
+    """What an SD endpoint's empty ``model`` means for this preset: ``sd_model``, else the first
+    offered model (``Registry.default_model``'s rule; a test holds the two equal)."""
+    return preset.sd_model or next(iter(offered_sd_models(preset)))
+
+
+def sd_default_request(preset: Any) -> tuple[str, Any]:
+    """The Image tab's SD request at the preset's default SD model and that model's defaults."""
+    from backends.runtime.image_requests import SdTextToImageRequest
+    from backends.sd3.requests import model_defaults
+
+    offered, model = offered_sd_models(preset), default_sd_model(preset)
+    family = offered[model]
+    settings = getattr(preset, family)
+    d = settings.defaults if family == "sdxl" else model_defaults(settings, model)
+    request = SdTextToImageRequest.build("a red lighthouse on a cliff at dusk", "", d.width, d.height, d.steps,
+                                         d.guidance, 1, 7, "", offered=list(offered), default_model=model)
+    return f"{family}_text_to_image", request
+
+
 def default_requests(preset: Any) -> dict[str, tuple[str, Any, bool]]:
     """Tab -> (task, its default request, streamed?) at the preset's defaults."""
     from backends.cascade.requests import TextToImageRequest
@@ -45,8 +79,9 @@ def default_requests(preset: Any) -> dict[str, tuple[str, Any, bool]]:
     orbit = OrbitRequest.build(Image.new("RGB", (o.size, o.size), (240, 240, 240)), o.variant, o.elevation_deg,
                                o.steps, 5, o.path, o.elevation_end_deg, size=o.size, num_frames=o.num_frames)
     chat = ChatRequest.build("Tell me about lighthouses.", [], None, s.temperature, s.top_p, s.max_new_tokens, seed=1)
-    return {"image": ("text_to_image", image, False), "video": ("image_to_video", video, False),
-            "orbit": ("orbit", orbit, False), "chat": ("chat", chat, True)}
+    sd_task, sd = sd_default_request(preset)
+    return {"image": ("text_to_image", image, False), "sd": (sd_task, sd, False),
+            "video": ("image_to_video", video, False), "orbit": ("orbit", orbit, False), "chat": ("chat", chat, True)}
 
 
 def run_cap(options: BenchOptions, cap_gb: int) -> dict[str, Any]:
@@ -54,6 +89,7 @@ def run_cap(options: BenchOptions, cap_gb: int) -> dict[str, Any]:
     from backends.families import PresetSettings, load_preset
     from backends.runtime import presets
     from backends.runtime.errors import OutOfMemory
+    from backends.sd3.requests import t5_placement
 
     cap = cap_gb * GB
     total = torch.cuda.get_device_properties(options.device).total_memory
@@ -61,7 +97,8 @@ def run_cap(options: BenchOptions, cap_gb: int) -> dict[str, Any]:
     name = presets.pick_auto(cap, PresetSettings)
     preset = load_preset(name).settings
     variant = "lite" if preset.cascade.prior.subfolder == "prior_lite" else "full"
-    studio = make_studio(options, budget_bytes=cap, variant=variant)
+    t5 = "device" if t5_placement(preset.sd3) == "device" else "off"  # cpu: see the module docstring
+    studio = make_studio(options, budget_bytes=cap, variant=variant, sd3_t5=t5)
     outcomes: dict[str, str] = {}
     for tab, (task, request, streamed) in default_requests(preset).items():
         try:
@@ -82,7 +119,7 @@ def run_cap(options: BenchOptions, cap_gb: int) -> dict[str, Any]:
     gc.collect()
     torch.cuda.empty_cache()
     peak = torch.cuda.max_memory_allocated(options.device)
-    return {"cap_gb": cap_gb, "preset": name, "variant": variant, "peak_bytes": peak,
+    return {"cap_gb": cap_gb, "preset": name, "variant": variant, "sd3_t5": t5, "peak_bytes": peak,
             "outcomes": outcomes, "completed": sum(v == "completed" for v in outcomes.values()),
             "ooms": sum(v.startswith("oom") for v in outcomes.values()),
             "errors": sum(v.startswith("error") for v in outcomes.values())}

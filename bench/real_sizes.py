@@ -1,16 +1,20 @@
 """Real sizes: every family at its real architecture, random weights, through the app's own path.
 
 ``python -m bench --device cpu --size real [--quick] [--vram-budget 8] [--dtype auto]`` runs Stable
-Cascade lite, SVD-XT, SV3D_p and the StableLM 2 1.6B shape one after another, each through
-registry -> manager -> backend (``bench.models.make_studio`` registers the real-size builders), at
-the smallest request that keeps the real layer shapes (``REQUESTS``: one step, a reduced size and
-frame count; on 2 CPU cores the full-size defaults would take hours).
+Cascade lite, SVD-XT, SV3D_p, the StableLM 2 1.6B shape, SD3.5 Medium and SDXL base one after
+another, each through registry -> manager -> backend (``bench.models.make_studio`` registers the
+real-size builders), at the smallest request that keeps the real layer shapes (``REQUESTS``: one
+step, a reduced size and frame count; on 2 CPU cores the full-size defaults would take hours).
+SD3.5 runs with T5 off (the preset key ``sd3.t5: off``; zeros of T5's shape condition the
+transformer): T5-XXL is 4.76B parameters, 19 GB in float32, more than such a machine holds beside
+the rest. Its prompt is still padded to ``max_sequence_length`` zeros, so the transformer's text
+stream has its real length.
 
 Each family runs in its own child process (``python -m bench.real_sizes --family NAME``), so its
 peak RSS is its own. The child reads its baseline RSS once the Studio is built and before any
-model is, and then samples, every ``SAMPLE_S``, the kernel's peak RSS since the last sample
-(``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``) beside the manager's
-placements. That gives, besides the process peak:
+model is, and then samples (``bench.real_memory``), every ``SAMPLE_S``, the kernel's peak RSS
+since the last sample (``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``)
+beside the manager's placements. That gives, besides the process peak:
 
 * ``peak_managed_bytes``: peak RSS less the baseline, everything the run added;
 * ``peak_device_bytes``: the same less the RAM-only copies of evicted or streamed components,
@@ -33,7 +37,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -42,12 +45,16 @@ from typing import Any, Sequence
 import torch
 
 from bench.common import BenchOptions, device_name, format_table
+from bench.real_memory import MemoryMonitor, PlacementLog
 
 logger = logging.getLogger(__name__)
 
 #: Registry names, in the order they run.
-FAMILIES = ("cascade", "svd", "sv3d", "stablelm")
-TASKS = {"cascade": "text_to_image", "svd": "image_to_video", "sv3d": "orbit", "stablelm": "chat"}
+FAMILIES = ("cascade", "svd", "sv3d", "stablelm", "sd3", "sdxl")
+TASKS = {"cascade": "text_to_image", "svd": "image_to_video", "sv3d": "orbit", "stablelm": "chat",
+         "sd3": "sd3_text_to_image", "sdxl": "sdxl_text_to_image"}
+#: The SD model each SD family's row runs (the one real-size model ``bench.sd_models`` builds).
+SD_MODEL = {"sd3": "sd3.5-medium", "sdxl": "sdxl"}
 #: Requests by level: ``tiny`` (tiny models, CI), ``quick`` (real sizes, the smallest request) and
 #: ``real`` (real sizes, a larger one). Layer shapes never depend on these; each needs one model
 #: call per stage at least. Measured on a shared 2-core AVX2 EPYC in float32: cascade quick about
@@ -63,6 +70,13 @@ REQUESTS: dict[str, dict[str, dict[str, int]]] = {
              "quick": dict(size=256, num_frames=2, steps=1),
              "real": dict(size=384, num_frames=4, steps=1)},
     "stablelm": {"tiny": {}, "quick": {}, "real": {}},  # new tokens: --tokens
+    # T5's sequence at the API's smallest, 77 (CLIP's length): it is zeros with T5 off, and its
+    # length is no layer shape; guided (the model's default guidance), as real runs are.
+    "sd3": {"tiny": dict(width=256, height=256, steps=2, max_sequence_length=77),
+            "quick": dict(width=256, height=256, steps=1, max_sequence_length=77),
+            "real": dict(width=512, height=512, steps=1, max_sequence_length=256)},
+    "sdxl": {"tiny": dict(width=256, height=256, steps=2), "quick": dict(width=256, height=256, steps=1),
+             "real": dict(width=512, height=512, steps=1)},
 }
 #: Modules each family's models come from, imported before the baseline is read: libraries are
 #: no activations (transformers' StableLM modelling alone is ~100 MB of RSS).
@@ -74,15 +88,16 @@ MODEL_MODULES = {
     "sv3d": ("backends.sv3d.unet", "diffusers.models.autoencoders.autoencoder_kl",
              "transformers.models.clip.modeling_clip"),
     "stablelm": ("transformers.models.stablelm.modeling_stablelm",),
+    "sd3": ("diffusers.models.transformers.transformer_sd3", "diffusers.models.autoencoders.autoencoder_kl",
+            "transformers.models.clip.modeling_clip"),
+    "sdxl": ("diffusers.models.unets.unet_2d_condition", "diffusers.models.autoencoders.autoencoder_kl",
+             "transformers.models.clip.modeling_clip"),
 }
 #: Goal 2 of issue #15: the managed peak stays within 10 % of the budget.
 BUDGET_MARGIN = 0.10
-#: Seconds between memory samples.
-SAMPLE_S = 0.02
 #: Seconds a family's child may run (``--timeout``) before it is stopped and reported.
 DEFAULT_TIMEOUT_S = 1200
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_KIB = 1024
 
 
 # ----- the parent: one child per family ------------------------------------------------------
@@ -174,7 +189,7 @@ def describe_request(family: str, which: str, tokens: int) -> dict[str, Any]:
         from bench.chat import MESSAGE
 
         return {"message": MESSAGE, "max_new_tokens": tokens}
-    return dict(REQUESTS[family][which])
+    return {**REQUESTS[family][which], **({"model": SD_MODEL[family]} if family in SD_MODEL else {})}
 
 
 # ----- the child: one family, measured ----------------------------------------------------------
@@ -200,8 +215,24 @@ def build_request(family: str, which: str, studio: Any, tokens: int) -> Any:
         picture = Image.new("RGB", (r["size"], r["size"]), (255, 255, 255))
         picture.paste((200, 80, 40), (r["size"] // 4, r["size"] // 4, 3 * r["size"] // 4, 3 * r["size"] // 4))
         return OrbitRequest.build(picture, "p", 10.0, r["steps"], 5, size=r["size"], num_frames=r["num_frames"])
+    if family in SD_MODEL:
+        return sd_request(family, r, studio)
     defaults = studio.registry.preset.stablelm.defaults
     return ChatRequest.build(MESSAGE, [], None, defaults.temperature, defaults.top_p, tokens, seed=1)
+
+
+def sd_request(family: str, r: dict[str, int], studio: Any) -> Any:
+    """An SD family's text-to-image at ``r``'s size and steps, the model's default guidance."""
+    from backends.runtime.image_requests import SdTextToImageRequest
+    from backends.sd3.spec import Sd3Defaults
+    from backends.sdxl.spec import SdxlDefaults
+
+    model = SD_MODEL[family]
+    guidance = SdxlDefaults().guidance if family == "sdxl" else Sd3Defaults().medium.guidance
+    options = {"max_sequence_length": r["max_sequence_length"]} if "max_sequence_length" in r else {}
+    return SdTextToImageRequest.build("a red lighthouse on a cliff at dusk", "", r["width"], r["height"], r["steps"],
+                                      guidance, 1, 7, model, offered=list(studio.registry.models()),
+                                      default_model=studio.registry.default_model(), options=options)
 
 
 def run_request(studio: Any, family: str, request: Any) -> dict[str, Any]:
@@ -220,130 +251,6 @@ def run_request(studio: Any, family: str, request: Any) -> dict[str, Any]:
     return {"tokens_per_s": stats.tokens / stats.total_s if stats.total_s > 0 else None,
             "decode_tokens_per_s": stats.tokens_per_s, "first_token_s": stats.first_token_s,
             "tokens": stats.tokens, "prompt_tokens": stats.prompt_tokens, "stop_reason": stats.stop_reason}
-
-
-class PlacementLog(logging.Handler):
-    """Collects the manager's placement records: what was evicted, streamed, dropped or built.
-
-    It reads ``backends.runtime.memory``'s own log records (the manager logs every move with its
-    byte count, STYLE.md 7), matching the start of each message and taking the name argument.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.evicted: list[str] = []
-        self.streamed: list[str] = []
-        self.dropped: list[str] = []
-        self.build_seconds = 0.0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message, args = str(record.msg), record.args
-        if not isinstance(args, tuple) or not args:
-            return
-        if message.startswith("evicted "):
-            self.evicted.append(str(args[0]))
-        elif message.startswith("dropped "):
-            self.dropped.append(str(args[0]))
-        elif message.startswith("placed ") and len(args) > 2 and args[2] == "offload":
-            self.streamed.append(str(args[0]))
-        elif message.startswith("loaded ") and len(args) > 2:
-            self.build_seconds += float(args[2])
-
-
-def _proc_status() -> dict[str, int]:
-    """VmRSS and VmHWM in bytes (Linux)."""
-    values = {}
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, amount = line.split(":", 1)
-                values[key] = int(amount.split()[0]) * _KIB
-    return values
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak RSS (VmHWM, and with it ru_maxrss) to the current RSS (Linux 4.0+)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
-            clear.write("5")
-        return True
-    except OSError as error:
-        logger.warning("cannot reset the peak RSS (%s); intervals use RSS samples instead", error)
-        return False
-
-
-class MemoryMonitor:
-    """Samples peak RSS and the manager's placements in a thread (see the module docstring).
-
-    Interval i runs from sample i-1 to sample i; its activations are its peak RSS less the
-    baseline and less every loaded weight (the larger count of both ends, so a component loaded
-    or dropped inside the interval is counted while it was there); its device figure adds the
-    device-side weights (resident components and the largest block of streamed ones, again the
-    larger of both ends). A component's activations are attributed to it only for intervals in
-    which it was in use at both ends.
-    """
-
-    def __init__(self, manager: Any) -> None:
-        self.manager = manager
-        self.baseline = 0
-        self.peak_rss = 0
-        self.peak_device = 0
-        self.measured_working: dict[str, int] = {}
-        self._blocks: dict[str, int] = {}
-        self._state: tuple[int, int, frozenset[str]] = (0, 0, frozenset())
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="memory-monitor", daemon=True)
-        self._resettable = False
-
-    def start(self) -> None:
-        figures = _proc_status()
-        self.baseline, self.peak_rss = figures["VmRSS"], figures["VmHWM"]
-        self._resettable = _reset_peak()
-        self._state = self._placements()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            self._sample()
-
-    def _placements(self) -> tuple[int, int, frozenset[str]]:
-        """(bytes of every loaded weight, bytes on the device side, components in use) now."""
-        loaded = device = 0
-        active = set()
-        for status in self.manager.statuses():
-            comp = self.manager.component(status.name)
-            if status.placement == "disk":
-                continue
-            loaded += status.bytes
-            if status.placement == "gpu":
-                device += status.bytes
-            elif status.placement == "offload":
-                home = comp.home
-                if status.name not in self._blocks and home is not None:
-                    self._blocks[status.name] = home.largest_block_bytes()
-                device += self._blocks.get(status.name, 0)
-            if comp.in_use:
-                active.add(status.name)
-        return loaded, device, frozenset(active)
-
-    def _sample(self) -> None:
-        state = self._placements()
-        figures = _proc_status()
-        peak = figures["VmHWM"] if self._resettable else figures["VmRSS"]
-        if self._resettable:
-            _reset_peak()
-        (loaded0, device0, active0), (loaded1, device1, active1) = self._state, state
-        self._state = state
-        self.peak_rss = max(self.peak_rss, peak)
-        activations = peak - self.baseline - max(loaded0, loaded1)
-        self.peak_device = max(self.peak_device, activations + max(device0, device1))
-        for name in active0 & active1:
-            self.measured_working[name] = max(self.measured_working.get(name, 0), activations)
 
 
 def measure_family(family: str, which: str, device: torch.device, dtype: str, budget: int | None,
@@ -372,8 +279,10 @@ def measure_family(family: str, which: str, device: torch.device, dtype: str, bu
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     error = None
+    if family == "sd3":  # where T5 ran: off at real size (the module docstring says why)
+        extra["t5"] = studio.registry.backend("sd3").t5
     try:
-        extra = run_request(studio, family, request)
+        extra.update(run_request(studio, family, request))
     except Exception as failure:  # reported in the row, not raised: the parent runs the next family
         error = f"{type(failure).__name__}: {failure}"
         logger.error("real_sizes %s failed:\n%s", family, traceback.format_exc())

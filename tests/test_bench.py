@@ -91,11 +91,41 @@ def test_every_scenario_runs_quick_on_cpu_tiny_and_gives_sane_json(
     assert resident["ratio"] == pytest.approx(resident["ours"]["median_s"] / resident["stock"]["median_s"])
     assert resident["ours"]["peak_memory_bytes"] is None and "memory_note" in scenarios["image_resident"]
 
+    # SD3.5 Medium and SDXL against StableDiffusion3Pipeline / StableDiffusionXLPipeline on the same
+    # tiny modules: the tiny preset's defaults of each model, and the very same pictures.
+    sd_rows = {row["variant"]: row for row in scenarios["image_resident"]["sd_models"]}
+    assert set(sd_rows) == {"sd3.5-medium", "sdxl"}
+    for model, (family, steps, denoiser, parts) in {
+            "sd3.5-medium": ("sd3", 4, "medium.transformer", {"text_encoder", "text_encoder_2", "text_encoder_3",
+                                                              "vae"}),
+            "sdxl": ("sdxl", 3, "unet", {"text_encoder", "text_encoder_2", "vae"})}.items():
+        row = sd_rows[model]
+        assert (row["family"], row["task"]) == (family, f"{family}_text_to_image")
+        assert row["same_latents"] is True and row["same_images"] is True, model
+        assert 0 < row["ours"]["median_s"] < 60 and 0 < row["stock"]["median_s"] < 60
+        assert row["ratio"] == pytest.approx(row["ours"]["median_s"] / row["stock"]["median_s"]) and row["ratio"] > 0
+        assert row["request"]["width"] == row["request"]["height"] == 256 and row["request"]["steps"] == steps
+        assert row["dtype"] == "float32" and row["ours"]["peak_memory_bytes"] is None
+        # Millions, to one decimal as for Cascade: the tiny text encoders round to 0.0, the denoiser does not.
+        assert set(row["parameters_m"]) == parts | {denoiser} and row["parameters_m"][denoiser] > 0
+
     offload = scenarios["image_offload"]
     (budget,) = offload["budgets"]
     assert budget["evicted"], "the computed CPU budget must force eviction"
     assert budget["ratio_to_resident"] > 0 and budget["ratio_to_stock_offload"] is None
     assert offload["stock_offload"] is None and "accelerator" in offload["stock_offload_note"]
+    sd_offload = {entry["variant"]: entry for entry in offload["sd_models"]}
+    assert set(sd_offload) == {"sd3.5-medium", "sdxl"}
+    for model, entry in sd_offload.items():
+        (budget,) = entry["budgets"]
+        # The budget fits the largest stage, the VAE decode, alone: the decode evicts everything else.
+        family = entry["family"]
+        loaded = {name for name, place in budget["placements"].items() if place != "disk"}
+        assert set(budget["evicted"]) == loaded - {f"{family}.vae"} and budget["evicted"], model
+        assert budget["placements"][f"{family}.vae"] == "gpu"
+        assert budget["ratio_to_resident"] > 0 and budget["ratio_to_stock_offload"] is None
+        assert entry["ours_resident"]["median_s"] > 0 and entry["stock_offload"] is None
+        assert "accelerator" in entry["stock_offload_note"]
 
     switching = scenarios["switching"]
     assert switching["prior_evicted_by_video"] is True
@@ -130,13 +160,34 @@ def test_real_cascade_configs_build_the_published_sizes() -> None:
         assert sum(p.numel() for p in unet.parameters()) / 1e6 == pytest.approx(millions, abs=0.2), name
 
 
+#: Each shipped preset's default SD model, and its (steps, guidance, size) there: lite (and cpu,
+#: based on it) name SDXL in ``sd_model``, bf16 and full name SD3.5 Medium and Large, and tiny
+#: names none, so the first model offered (SD3.5 Large) is its default.
+SD_DEFAULTS = {"lite": ("sdxl", 30, 5.0, 1024), "cpu": ("sdxl", 30, 5.0, 1024),
+               "bf16": ("sd3.5-medium", 40, 4.5, 1024), "full": ("sd3.5-large", 28, 3.5, 1024),
+               "tiny": ("sd3.5-large", 3, 3.5, 256)}
+
+
 @pytest.mark.parametrize("name", ["lite", "bf16", "full", "cpu", "tiny"])
-def test_never_oom_builds_every_tabs_default_request_from_each_preset(name: str) -> None:
-    from backends.families import load_preset
+def test_never_oom_builds_every_tabs_default_request_from_each_preset(name: str, tmp_path: Path) -> None:
+    from backends.families import FAMILIES, load_context, load_preset
+    from backends.runtime.memory import MemoryManager
+    from backends.runtime.probe import GB, FakeProbe
+    from backends.runtime.registry import Registry
     from bench.never_oom import default_requests
 
-    requests = default_requests(load_preset(name).settings)
+    preset = load_preset(name).settings
+    requests = default_requests(preset)
+    # The SD tab's default is what the app's own registry says an empty ``model`` means.
+    registry = Registry(preset, MemoryManager(FakeProbe(device_total=16 * GB), "cpu"),
+                        load_context(tmp_path, offline=True), FAMILIES, name)
+    model, steps, guidance, size = SD_DEFAULTS[name]
+    assert registry.default_model() == model
     assert {tab: task for tab, (task, _, _) in requests.items()} == {
-        "image": "text_to_image", "video": "image_to_video", "orbit": "orbit", "chat": "chat"}
+        "image": "text_to_image", "sd": registry.model_task(model, "text_to_image"), "video": "image_to_video",
+        "orbit": "orbit", "chat": "chat"}
     orbit = requests["orbit"][1]
-    assert orbit.image.size == (load_preset(name).settings.sv3d.defaults.size,) * 2
+    assert orbit.image.size == (preset.sv3d.defaults.size,) * 2
+    sd = requests["sd"][1]
+    assert (sd.model, sd.steps, sd.guidance, sd.width, sd.height) == (model, steps, guidance, size, size)
+    assert sd.num_images == 1 and sd.options == {}  # the family options come from the preset, as the API's

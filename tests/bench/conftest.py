@@ -17,6 +17,6 @@ def tiny_built(tiny_cache: Path) -> Path:
     """
     from backends.families import TINY
 
-    for family in ("cascade", "svd", "sv3d", "stablelm"):
+    for family in ("cascade", "svd", "sv3d", "stablelm", "sd3", "sdxl"):
         TINY.ensure(family, tiny_cache)
     return tiny_cache

@@ -17,6 +17,7 @@ import torch
 from bench import SCENARIOS, real_sizes
 from bench.__main__ import main, parse_args
 from bench.common import BenchOptions
+from bench.real_memory import PlacementLog
 
 #: Every row has these, ran or not.
 ROW_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -61,6 +62,30 @@ def test_each_family_runs_in_its_own_child_and_gives_a_full_row(
     assert chat["tokens_per_s"] > 0 and chat["tokens"] == 8 and chat["prompt_tokens"] > 10
 
 
+def test_the_sd_families_run_in_their_children_with_their_models(tiny_built: Path, tmp_path: Path) -> None:
+    """SD3.5 Medium and SDXL through the same children; at real size SD3.5 runs with T5 off."""
+    out = tmp_path / "sd.json"
+    main(["--device", "cpu", "--size", "tiny", "--scenarios", "real_sizes", "--families", "sd3,sdxl",
+          "--cache-dir", str(tiny_built), "--out", str(out)])
+    result = json.loads(out.read_text())["scenarios"]["real_sizes"]
+    assert result["completed"] == result["count"] == 2
+    assert result["requests"]["sd3"] == {**real_sizes.REQUESTS["sd3"]["tiny"], "model": "sd3.5-medium"}
+    assert result["requests"]["sdxl"]["model"] == "sdxl"
+    sd3, sdxl = result["rows"]
+    for row, family, denoiser in ((sd3, "sd3", "sd3.medium.transformer"), (sdxl, "sdxl", "sdxl.unet")):
+        assert row["ran"] is True and row["error"] is None, row["error"]
+        assert row["task"] == f"{family}_text_to_image"
+        for key, kind in ROW_TYPES.items():
+            if key not in ("budget_bytes", "within_10pct"):  # no budget here: both null
+                assert isinstance(row[key], kind), (family, key, row[key])
+        assert row["budget_bytes"] is None and row["within_10pct"] is None
+        assert denoiser in row["working_bytes"] and f"{family}.vae" in row["working_bytes"]
+        assert row["estimate_bytes"] == row["weights_bytes"] + max(
+            figures["estimate"] for figures in row["working_bytes"].values()) > row["weights_bytes"]
+    assert sd3["t5"] == "device"  # the tiny preset's; real-size rows say "off"
+    assert "sd3.text_encoder_3" in sd3["working_bytes"] and "sdxl.refiner_unet" not in sdxl["working_bytes"]
+
+
 def test_a_child_that_runs_out_of_time_becomes_a_row_that_says_so(tiny_cache: Path) -> None:
     options = BenchOptions(device=torch.device("cpu"), size="tiny", runs=1, warmup=0, tokens=8, cache_dir=tiny_cache)
     row = real_sizes.run_child("svd", options, "tiny", "float32", None, timeout_s=0.2, threads=1)
@@ -88,7 +113,8 @@ def test_the_cpu_real_run_defaults_to_it_and_refuses_the_gpu_scenarios(capsys: p
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--families", "cascade,paint"], "--families: expected a comma-separated subset of cascade,svd,sv3d,stablelm"),
+    (["--families", "cascade,paint"],
+     "--families: expected a comma-separated subset of cascade,svd,sv3d,stablelm,sd3,sdxl"),
     (["--timeout", "0"], "--timeout: must be more than 0 seconds"),
     (["--dtype", "int8"], "--dtype: invalid choice"),
     (["--merge", "."], "--merge: give --out and/or --table"),
@@ -112,7 +138,7 @@ def test_the_placement_log_reads_the_managers_records() -> None:
     from backends.runtime.memory import MemoryManager
     from backends.runtime.probe import FakeProbe
 
-    log = real_sizes.PlacementLog()
+    log = PlacementLog()
     memory_logger = logging.getLogger("backends.runtime.memory")
     memory_logger.addHandler(log)
     previous = memory_logger.level
