@@ -116,10 +116,10 @@ class SdControls:
         return [self.max_sequence_length, self.refiner, self.high_noise_frac]
 
 
-def build_controls(prefix: str, with_sampling: bool = True) -> SdControls:
+def build_controls(prefix: str) -> SdControls:
     """The SD controls, hidden until an SD model is chosen (call inside the tab's layout)."""
     with gr.Group(visible=False, elem_id=f"{prefix}-sd-controls") as group:
-        with gr.Row(visible=with_sampling):
+        with gr.Row():
             steps = gr.Slider(1, MAX_STEPS, value=30, step=1, label="Steps", elem_id=f"{prefix}-sd-steps")
             guidance = gr.Slider(0, MAX_GUIDANCE, value=5.0, step=GUIDANCE_STEP, label="Guidance",
                                  info="0 turns guidance off (Large Turbo's default)", elem_id=f"{prefix}-sd-guidance")
@@ -162,17 +162,13 @@ def options_from(studio: Studio, model: Any, max_sequence_length: Any, refiner: 
     return {}
 
 
-def _task(studio: Studio, model: str, kind: str) -> str:
-    return studio.registry.model_task(model, kind)
-
-
 def generate(studio: Studio, values: list[Any], options: dict[str, Any], request: gr.Request | None,
              progress: gr.Progress) -> Iterator[tuple[Any, Any]]:
     """Text-to-image with an SD model: ``values`` in the ``/generate_image_sd`` order."""
     models = offered(studio)
     job = user_errors("Image generation", lambda: SdTextToImageRequest.build(
         *values, offered=list(models), default_model=studio.registry.default_model(), options=options))
-    yield from image_job(studio, _task(studio, job.model, "text_to_image"), lambda: job, False, request,
+    yield from image_job(studio, studio.registry.model_task(job.model, "text_to_image"), lambda: job, False, request,
                          progress, what="Image generation")
 
 
@@ -201,8 +197,8 @@ def img2img(studio: Studio, values: list[Any], options: dict[str, Any], request:
     job = user_errors("img2img", lambda: SdImageRequest.img2img(
         *values, offered=list(models), default_model=studio.registry.default_model(),
         sampling=sampling or _sampling(studio, values[-1]), options=options, area=_area(studio, values[-1])))
-    yield from image_job(studio, _task(studio, job.model, "img2img"), lambda: job, False, request, progress,
-                         what="img2img")
+    yield from image_job(studio, studio.registry.model_task(job.model, "img2img"), lambda: job, False, request,
+                         progress, what="img2img")
 
 
 def inpaint(studio: Studio, values: list[Any], options: dict[str, Any], request: gr.Request | None,
@@ -212,8 +208,8 @@ def inpaint(studio: Studio, values: list[Any], options: dict[str, Any], request:
     job = user_errors("Inpaint", lambda: SdImageRequest.inpaint(
         *values, offered=list(models), default_model=studio.registry.default_model(),
         sampling=sampling or _sampling(studio, values[-1]), options=options, area=_area(studio, values[-1])))
-    yield from image_job(studio, _task(studio, job.model, "inpaint"), lambda: job, False, request, progress,
-                         what="Inpaint")
+    yield from image_job(studio, studio.registry.model_task(job.model, "inpaint"), lambda: job, False, request,
+                         progress, what="Inpaint")
 
 
 def drawn_mask(editor: Any) -> Image.Image | None:

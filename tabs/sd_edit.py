@@ -42,11 +42,6 @@ def editor_value(path: Any) -> Any:
     return {"background": picture, "layers": [], "composite": picture}
 
 
-def _sampling(controls_on: bool, steps: Any, guidance: Any) -> dict[str, Any] | None:
-    """The UI's steps and guidance while an SD model is chosen; else the model's defaults (None)."""
-    return {"steps": steps, "guidance": guidance} if controls_on else None
-
-
 def build_inpaint_tab(studio: Studio) -> dict[str, Any]:
     """The Inpaint sub-tab's widgets (call inside the tab's ``gr.Tabs``)."""
     default = studio.registry.default_model()
@@ -100,7 +95,7 @@ def wire(studio: Studio, model: gr.Dropdown, image: gr.File, fields: dict[str, A
                    progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
         options = sd.options_from(studio, model, max_sequence_length, refiner, high_noise_frac)
         yield from sd.img2img(studio, [image, prompt, negative_prompt, strength, width, height, seed, model],
-                              options, request, progress, _sampling(True, steps, guidance))
+                              options, request, progress, {"steps": steps, "guidance": guidance})
 
     def inpaint_ui(image: Any, editor: Any, mask_file: Any, prompt: Any, negative_prompt: Any, strength: Any,
                    seed: Any, model: Any, steps: Any, guidance: Any, max_sequence_length: Any, refiner: Any,
@@ -110,7 +105,7 @@ def wire(studio: Studio, model: gr.Dropdown, image: gr.File, fields: dict[str, A
         mask = mask_file or sd.drawn_mask(editor)
         options = sd.options_from(studio, model, max_sequence_length, refiner, high_noise_frac) if on else {}
         yield from sd.inpaint(studio, [image, mask, prompt, negative_prompt, strength, seed, chosen_model(model)],
-                              options, request, progress, _sampling(on, steps, guidance))
+                              options, request, progress, {"steps": steps, "guidance": guidance} if on else None)
 
     def img2img_sd(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any, height: Any, seed: Any,
                    model: Any, request: gr.Request,

@@ -61,12 +61,6 @@ def model_defaults(settings: Sd3Settings, model: str) -> Sd3ModelDefaults:
     return getattr(settings.defaults, DEFAULTS_KEYS[model])
 
 
-def sampling_defaults(settings: Sd3Settings, model: str) -> dict[str, Any]:
-    """Steps and guidance for ``SdImageRequest.img2img`` / ``inpaint``'s ``sampling``: the model's own."""
-    defaults = model_defaults(settings, model)
-    return {"steps": defaults.steps, "guidance": defaults.guidance}
-
-
 def check_offered(settings: Sd3Settings, model: str) -> None:
     """Refuse a model the preset does not offer (its weights are not part of the preset)."""
     if model not in settings.offer:
@@ -108,4 +102,4 @@ def _parse_t5(value: Any, preset: str) -> str:
 
 
 __all__ = ["MAX_SEQUENCE_LENGTH", "MIN_SEQUENCE_LENGTH", "OPTION_NAMES", "SdImageRequest", "SdTextToImageRequest",
-           "Sd3Options", "check_offered", "model_defaults", "parse_options", "sampling_defaults", "t5_placement"]
+           "Sd3Options", "check_offered", "model_defaults", "parse_options", "t5_placement"]

@@ -78,17 +78,5 @@ def _parse_bool(field: str, value: Any) -> bool:
     raise InputError(field, f"must be true or false, got {shown(value)}")
 
 
-def sampling_defaults(settings: SdxlSettings) -> dict[str, Any]:
-    """Steps and guidance for ``SdImageRequest.img2img`` / ``inpaint``'s ``sampling``: the preset's."""
-    return {"steps": settings.defaults.steps, "guidance": settings.defaults.guidance}
-
-
-def check_offered(settings: SdxlSettings, model: str) -> None:
-    """Refuse a model the preset does not offer."""
-    if model not in settings.offer:
-        raise InputError("model", f"must be one of {', '.join(settings.offer) or 'none'} (this preset's SDXL "
-                                  f"models), got {shown(model)}")
-
-
 __all__ = ["MODELS", "OPTION_NAMES", "SdImageRequest", "SdTextToImageRequest", "SdxlOptions", "SdxlRequest",
-           "check_offered", "parse_high_noise_frac", "parse_options", "sampling_defaults"]
+           "parse_high_noise_frac", "parse_options"]

@@ -9,7 +9,7 @@ import pytest
 
 from backends.families import FAMILIES, load_preset
 from backends.runtime.errors import InputError
-from backends.sd3.requests import check_offered, model_defaults, parse_options, sampling_defaults, t5_placement
+from backends.sd3.requests import check_offered, model_defaults, parse_options, t5_placement
 from backends.sd3.spec import MODELS, SPEC, Sd3Settings
 
 
@@ -59,7 +59,6 @@ def test_the_model_cards_defaults() -> None:
         [(28, 3.5), (4, 0.0), (40, 4.5)]
     assert all(model_defaults(settings, m).width == model_defaults(settings, m).height == 1024 for m in MODELS)
     assert all(model_defaults(settings, m).strength == 0.8 for m in MODELS)
-    assert sampling_defaults(settings, "sd3.5-large-turbo") == {"steps": 4, "guidance": 0.0}
     assert settings.offer == ["sd3.5-medium"] and settings.dtype == "bfloat16" and settings.t5 == "device"
     with pytest.raises(InputError, match="model: must be one of sd3.5-large, sd3.5-large-turbo, sd3.5-medium"):
         model_defaults(settings, "sdxl")

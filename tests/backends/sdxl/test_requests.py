@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from backends.runtime.errors import InputError
-from backends.sdxl.requests import check_offered, parse_options, sampling_defaults
+from backends.sdxl.requests import parse_options
 from backends.sdxl.spec import SPEC, SdxlDefaults, SdxlSettings
 from backends.sdxl.steps import plan_steps
 from backends.sdxl.tiny import SCHEDULER_CONFIG
@@ -44,14 +43,8 @@ def test_bad_options_name_their_field(options: dict[str, Any], field: str, messa
     assert caught.value.field == field and message in caught.value.detail
 
 
-def test_offer_and_sampling_defaults() -> None:
-    settings = SdxlSettings()
-    assert settings.offer == list(SPEC.models) == ["sdxl"]
-    check_offered(settings, "sdxl")
-    with pytest.raises(InputError, match="model: must be one of sdxl"):
-        check_offered(settings, "sd3.5-medium")
-    assert sampling_defaults(replace(settings, defaults=SdxlDefaults(steps=12, guidance=3.0))) == {
-        "steps": 12, "guidance": 3.0}
+def test_the_spec_offers_its_one_model() -> None:
+    assert SdxlSettings().offer == list(SPEC.models) == ["sdxl"]
 
 
 def test_the_defaults_are_the_model_card_s() -> None:
