@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 logger = logging.getLogger("cascade_studio")
 
-DESCRIPTION = "Stable Cascade, Stable Video Diffusion, SV3D and StableLM on your own GPU."
+DESCRIPTION = "Stable Cascade, SD3.5, SDXL, Stable Video Diffusion, SV3D and StableLM on your own GPU."
 ALL_TABS = ("image", "variation", "video", "orbit", "chat", "system")
 #: Tabs this version ships; the others are named in the contract and arrive with later releases.
 BUILT_TABS = ("image", "variation", "video", "orbit", "chat", "system")

@@ -39,6 +39,7 @@ from backends.cascade.requests import (
     TextToImageRequest,
 )
 from backends.runtime.errors import InputError
+from backends.runtime.image_requests import SIZE_MULTIPLE as SD_SIZE_MULTIPLE
 from backends.runtime.png_info import read_png_info
 from backends.runtime.requests import MAX_SEED, shown
 from backends.runtime.studio import Studio
@@ -148,12 +149,16 @@ def recent_images(studio: Studio) -> list[str]:
     return [str(p) for p in studio.outputs.recent(limit=12)]
 
 
-def fit_to_widgets(info: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+def fit_to_widgets(info: dict[str, Any], multiple: int = SIZE_MULTIPLE) -> tuple[dict[str, Any], list[str], list[str]]:
     """The Image tab's values from a PNG's parameters (``read_png_info``), fitted to the widgets.
+
+    Args:
+        multiple: the size grid of the model the restore chooses (Stable Cascade's 128, the SD
+            models' 64).
 
     Returns:
         ``(values by field, what was restored, what had to be fitted or was left out)``, the
-        last two as phrases for the notice. Sizes go to the nearest multiple of 128 within
+        last two as phrases for the notice. Sizes go to the nearest multiple of the grid within
         256–2048, numbers into their slider's range (guidance to its step); a seed outside
         -1…4294967295 is left out rather than changed, since another seed is another picture.
     """
@@ -166,12 +171,12 @@ def fit_to_widgets(info: dict[str, Any]) -> tuple[dict[str, Any], list[str], lis
             said.append(LABELS[field] if info[field] else f"{LABELS[field]} (empty)")
     if isinstance(info.get("width"), int) and isinstance(info.get("height"), int):
         asked = (info["width"], info["height"])
-        size = tuple(_on_grid(round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in asked)
+        size = tuple(_on_grid(round(side / multiple) * multiple) for side in asked)
         values["width"], values["height"] = size
         said.append(f"size {size[0]}×{size[1]}")
         if size != asked:
             notes.append(f"the file's size {asked[0]}×{asked[1]} became {size[0]}×{size[1]} (sizes are multiples "
-                         f"of {SIZE_MULTIPLE} from {MIN_SIZE} to {MAX_SIZE})")
+                         f"of {multiple} from {MIN_SIZE} to {MAX_SIZE})")
     for field in ("prior_steps", "decoder_steps", "prior_guidance", "decoder_guidance", "seed"):
         value = info.get(field)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -309,8 +314,9 @@ def build(studio: Studio) -> dict[str, Any]:
     # sees the value as sent and names the field instead.
     event = run.click(on_gpu(handler, gpu_seconds), [*inputs, previews], [gallery, info],
                       api_name="generate_image", preprocess=False, **GPU_QUEUE)
-    sd_ui, sd_public = sd.wire_text_to_image(studio, model, run, run_sd, cascade_group, sd_controls,
-                                             [prompt, negative, width, height, num_images, seed], [gallery, info])
+    selector = sd.Selector(model, run, run_sd, cascade_group, sd_controls, width, height)
+    sd_ui, sd_public = sd.wire_text_to_image(studio, selector, [prompt, negative, width, height, num_images, seed],
+                                             [gallery, info])
     for job in (event, sd_ui, sd_public):
         job.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
         job.then(lambda: recent_images(studio), None, history, api_visibility="private", queue=False)
@@ -318,34 +324,42 @@ def build(studio: Studio) -> dict[str, Any]:
 
     wire_stop(studio, stop, [event, sd_ui, sd_public], keep_finished=True)
     wire_result_restore([event, sd_ui], gallery, info)
-    wire_png_info(png_file, [prompt, negative, width, height, prior_steps, decoder_steps, prior_guidance,
-                             decoder_guidance, seed], aspect, png_params, base)
+    wire_png_info(studio, png_file, [prompt, negative, width, height, prior_steps, decoder_steps, prior_guidance,
+                                     decoder_guidance, seed], aspect, png_params, base, selector)
     return {"selected_image": selected, "send_row": send_row, "prompt": prompt}
 
 
-def wire_png_info(png_file: gr.File, widgets: list[Any], aspect: gr.Radio, shown: gr.JSON, base: int) -> None:
-    """A dropped PNG restores the fields (``RESTORED``, in ``widgets``' order); ``/png_info`` reads one.
+def wire_png_info(studio: Studio, png_file: gr.File, widgets: list[Any], aspect: gr.Radio, shown: gr.JSON,
+                  base: int, selector: sd.Selector) -> None:
+    """A dropped PNG restores the fields (``RESTORED``, in ``widgets``' order) and the model
+    (``sd.restore``); ``/png_info`` reads one.
 
     Both run queued (gradio drops ``gr.Info`` outside the queue) in their own unlimited groups,
     not the GPU's: a restore or an API read never waits behind a job.
     """
 
-    def restore(path: str | None) -> tuple[Any, ...]:
+    def restore(path: str | None) -> dict[Any, Any]:
         if not path:
-            return (gr.skip(),) * (len(RESTORED) + 3)
+            return {}
         info = user_errors("PNG Info", lambda: read_png_info(path))
-        values, said, notes = fit_to_widgets(info)
+        model_updates, model_said, model_notes = sd.restore(studio, selector, info)
+        grid = SD_SIZE_MULTIPLE if model_updates[selector.model] != sd.CASCADE else SIZE_MULTIPLE
+        values, said, notes = fit_to_widgets(info, grid)
+        said, notes = model_said + said, model_notes + notes
         if said:
             gr.Info(restore_notice(Path(path).name, info, said, notes), title="PNG Info")
         else:
             gr.Warning(f"{Path(path).name} carries parameters, but none the Image tab takes; they are shown "
                        "under PNG Info.", title="PNG Info")
-        choice = aspect_choice(values["width"], values["height"], base) if "width" in values else gr.skip()
+        updates = {widget: values[field] for widget, field in zip(widgets, RESTORED) if field in values}
+        if "width" in values:
+            updates[aspect] = aspect_choice(values["width"], values["height"], base)
         # The drop zone is emptied, ready for the next PNG; the JSON says which file it shows.
-        return (*(values.get(field, gr.skip()) for field in RESTORED), choice,
-                gr.JSON(value=info, label=f"Parameters in {Path(path).name}"), None)
+        return {**model_updates, **updates, shown: gr.JSON(value=info, label=f"Parameters in {Path(path).name}"),
+                png_file: None}
 
-    png_file.upload(restore, png_file, [*widgets, aspect, shown, png_file], api_visibility="private",
+    outputs = [*widgets, aspect, shown, png_file, selector.model, *selector.outputs(sizes=False)]
+    png_file.upload(restore, png_file, outputs, api_visibility="private",
                     concurrency_limit=None)
     # The public endpoint reads the picture from a hidden JSON input, as the tabs' other picture
     # endpoints do (tabs.common explains why), on a hidden button.

@@ -234,14 +234,97 @@ def drawn_mask(editor: Any) -> Image.Image | None:
     return marks
 
 
-def wire_text_to_image(studio: Studio, model: gr.Dropdown, run: gr.Button, run_sd: gr.Button, cascade: Any,
-                       controls: SdControls, fields: list[Any], outputs: list[Any]) -> list[Any]:
+@dataclass
+class Selector:
+    """The Image tab's model selector and the widgets a choice switches."""
+
+    model: gr.Dropdown
+    #: Stable Cascade's and the SD models' Generate buttons; one shows at a time.
+    run: gr.Button
+    run_sd: gr.Button
+    #: The group of Stable Cascade's own controls.
+    cascade: Any
+    controls: SdControls
+    width: Any
+    height: Any
+
+    def outputs(self, sizes: bool = True) -> list[Any]:
+        """What ``switch`` updates (the size fields only with ``sizes``)."""
+        c = self.controls
+        shown = [self.run, self.run_sd, self.cascade, c.group, c.steps, c.guidance, *c.extras, c.license]
+        return shown + ([self.width, self.height] if sizes else [])
+
+    def switch(self, studio: Studio, chosen: str, sizes: bool = True) -> dict[Any, Any]:
+        """Updates that show ``chosen``'s controls and button; with ``sizes``, its default size too."""
+        sd = chosen in offered(studio)
+        updates = {self.run: gr.update(visible=not sd), self.run_sd: gr.update(visible=sd),
+                   self.cascade: gr.update(visible=not sd)}
+        updates.update(on_model(studio, chosen, self.controls))
+        if sd and sizes:
+            d = model_defaults(studio, chosen)
+            updates.update({self.width: gr.update(value=d.width), self.height: gr.update(value=d.height)})
+        return updates
+
+
+def _fitted(value: Any, low: float, high: float, step: float) -> int | float | None:
+    """A number from a file put on a slider (within its range, on its step); None if not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    inside = min(max(value, low), high)
+    return int(round(inside)) if step == 1 else round(round(inside / step) * step, 2)
+
+
+def restore(studio: Studio, selector: Selector, info: dict[str, Any]) -> tuple[dict[Any, Any], list[str], list[str]]:
+    """What a PNG restores of the model side: the selector, and an SD model's steps, guidance, options.
+
+    Our own SD files name their ``model`` (under ``other``: it is no Cascade field). An offered
+    model is chosen and its controls get the file's values, fitted to the sliders; any other file
+    (ours from Cascade, A1111's, whose Steps and CFG map to stage C) chooses Stable Cascade. A
+    model this preset does not offer is said in the notes, and Stable Cascade takes the rest.
+
+    Returns:
+        ``(updates, what was restored, notes)``, the last two as phrases for the notice.
+    """
+    other = info.get("other") if isinstance(info.get("other"), dict) else {}
+    model = other.get("model")
+    said: list[str] = []
+    notes: list[str] = []
+    if not isinstance(model, str) or model not in offered(studio):
+        if isinstance(model, str) and model in LABELS:
+            notes.append(f"the file was made with {LABELS[model]}, which this preset does not offer, so its "
+                         "settings went to Stable Cascade")
+        return {selector.model: CASCADE, **selector.switch(studio, CASCADE, sizes=False)}, said, notes
+    c = selector.controls
+    updates = {selector.model: model, **selector.switch(studio, model, sizes=False)}
+    said.append(f"model {LABELS.get(model, model)}")
+    options = other.get("options") if isinstance(other.get("options"), dict) else {}
+    family = offered(studio)[model]
+    wanted = [(c.steps, "steps", other.get("steps"), (1, MAX_STEPS, 1)),
+              (c.guidance, "guidance", other.get("guidance"), (0, MAX_GUIDANCE, GUIDANCE_STEP))]
+    if family == "sd3":
+        wanted.append((c.max_sequence_length, "T5 sequence length", options.get("max_sequence_length"), (77, 512, 1)))
+    if family == "sdxl":
+        wanted.append((c.high_noise_frac, "refiner switch point", options.get("high_noise_frac"), (0.05, 0.95, 0.05)))
+    for widget, label, value, (low, high, step) in wanted:
+        fitted = _fitted(value, low, high, step)
+        if fitted is None:
+            continue
+        updates[widget] = gr.update(value=fitted)
+        said.append(f"{label} {fitted:g}")
+        if fitted != value:
+            notes.append(f"{label} {value:g} became {fitted:g} (the slider takes {low:g}–{high:g}, "
+                         f"in steps of {step:g})")
+    if family == "sdxl" and isinstance(options.get("refiner"), bool):
+        updates[c.refiner] = gr.update(value=options["refiner"])
+        said.append(f"refiner {'on' if options['refiner'] else 'off'}")
+    return updates, said, notes
+
+
+def wire_text_to_image(studio: Studio, selector: Selector, fields: list[Any], outputs: list[Any]) -> list[Any]:
     """The Image tab's SD side: the selector's switch, the SD button and ``/generate_image_sd``.
 
     Args:
-        model: the selector (``CASCADE`` or an offered SD model).
-        run, run_sd: Stable Cascade's and the SD models' Generate buttons; one shows at a time.
-        cascade: the group of Stable Cascade's own controls.
+        selector: the model selector (``CASCADE`` or an offered SD model) and what it switches.
         fields: prompt, negative prompt, width, height, images and seed, the widgets both share.
         outputs: the gallery and the info.
 
@@ -249,18 +332,8 @@ def wire_text_to_image(studio: Studio, model: gr.Dropdown, run: gr.Button, run_s
         The SD events (the UI's and the public one), for Stop, the history and the selection.
     """
     prompt, negative, width, height, num_images, seed = fields
-
-    def switch(chosen: str) -> dict[Any, Any]:
-        sd = chosen in offered(studio)
-        updates = {run: gr.update(visible=not sd), run_sd: gr.update(visible=sd), cascade: gr.update(visible=not sd)}
-        updates.update(on_model(studio, chosen, controls))
-        if sd:
-            d = model_defaults(studio, chosen)
-            updates.update({width: gr.update(value=d.width), height: gr.update(value=d.height)})
-        return updates
-
-    model.input(switch, model, [run, run_sd, cascade, controls.group, controls.steps, controls.guidance,
-                                *controls.extras, controls.license, width, height],
+    model, run_sd, controls = selector.model, selector.run_sd, selector.controls
+    model.input(lambda chosen: selector.switch(studio, chosen), model, selector.outputs(),
                 api_visibility="private", queue=False)
 
     def ui_handler(prompt: Any, negative_prompt: Any, width: Any, height: Any, steps: Any, guidance: Any,

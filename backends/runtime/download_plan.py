@@ -104,7 +104,8 @@ def plan(settings: Any, sections: Iterable[str] | None = None,
         if wanted is not None and section.name not in wanted or not is_dataclass(value):
             continue
         # A section may name sources it never reads (``unused_sources()``: SD3.5's transformers of
-        # models its preset does not offer, 16.3 GB each, or T5 when it is off): those are skipped.
+        # models its preset does not offer, 16.3 GB each, or T5 when it is off) or reads only when
+        # a job asks (SDXL's refiner, 4.5 GB, fetched then: ``component_plan``): those are skipped.
         unused = set(value.unused_sources()) if hasattr(value, "unused_sources") else set()
         for key, source in _sources(value):
             if key in unused or source.repo.startswith(TINY_PREFIX) or Path(source.repo).expanduser().is_dir():
@@ -116,6 +117,18 @@ def plan(settings: Any, sections: Iterable[str] | None = None,
             slot[0].extend(p for p in patterns if p not in slot[0])
             slot[1].extend(n for n in needs if n not in slot[1])
     return [RepoPlan(repo, rev, tuple(pats), tuple(needs)) for (repo, rev), (pats, needs) in merged.items()]
+
+
+def component_plan(label: str, source: Source) -> list[RepoPlan]:
+    """The download of one model component alone (``label`` as in messages: ``sdxl.refiner_unet``).
+
+    For a component a preset leaves out of its plan (``unused_sources()``) until a job asks for it,
+    such as SDXL's refiner; empty for a ``tiny:`` repo or a local folder.
+    """
+    if source.repo.startswith(TINY_PREFIX) or Path(source.repo).expanduser().is_dir():
+        return []
+    patterns, needs = _source_patterns(source, label, True, getattr(source, "filename", None))
+    return [RepoPlan(source.repo, source.revision or "main", tuple(patterns), tuple(needs))]
 
 
 def _sources(section: Any) -> Iterator[tuple[str, Source]]:

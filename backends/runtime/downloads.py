@@ -25,6 +25,7 @@ from backends.runtime.download_plan import (
     Need,
     RepoPlan,
     cache_folder,
+    component_plan,
     hub_cache,
     missing,
     plan,
@@ -45,8 +46,8 @@ _HASH_CHUNK = 16 * 1024 * 1024
 _LOG_EVERY_S = 5.0
 
 
-__all__ = ["COMMAND", "Missing", "Need", "RemoteFile", "RepoPlan", "download_preset", "ensure",
-           "hub_cache", "missing", "plan", "sizes"]
+__all__ = ["COMMAND", "Missing", "Need", "RemoteFile", "RepoPlan", "download_preset", "ensure", "fetch_component",
+           "hub_cache", "missing", "plan", "sizes", "component_plan"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,17 @@ def download_preset(preset: Preset, ctx: LoadContext, progress: ProgressFn | Non
                     sections: Iterable[str] | None = None, token: str | bool | None = None) -> list[RemoteFile]:
     """Fetch everything ``preset`` needs: ``python app.py --download-only --preset NAME``."""
     return ensure(plan(preset.settings, sections), ctx, progress, preset=preset.name, token=token)
+
+
+def fetch_component(label: str, source: Any, ctx: LoadContext, progress: ProgressFn | None = None) -> None:
+    """Download one component that its preset's plan leaves out until a job asks for it (SDXL's refiner).
+
+    Checked locally first, so a component already in the cache costs no network; offline, a
+    missing one fails with ``ModelUnavailable`` naming its files, as a preset's would.
+    """
+    plans = component_plan(label, source)
+    if plans and missing(plans, ctx):
+        ensure(plans, ctx, progress)
 
 
 def _download(plans: Sequence[RepoPlan], ctx: LoadContext, progress: ProgressFn | None,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from backends.runtime import downloads
 from backends.runtime.errors import Cancelled, InputError, UnknownNameError
 from backends.runtime.image_requests import SdImageRequest, SdTextToImageRequest
 from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
@@ -169,6 +170,8 @@ class SdxlBackend:
         if task != TEXT_TO_IMAGE and plan.base == 0:
             notices.append(f"strength {request.strength:g} of {request.steps} steps runs no denoising step: "  # type: ignore[union-attr]
                            "the picture only went through the VAE")
+        if plan.refiner:  # left out of the preset's downloads unless it turns the refiner on
+            downloads.fetch_component(REFINER_UNET, self.settings.refiner_unet, self.ctx, progress)
         encoded = stages.encode_image() if task != TEXT_TO_IMAGE else None
         # No step, no prompt: a job that only goes through the VAE never loads the text encoders.
         prompt: Prompt | None = stages.encode_prompt(refiner=plan.refiner > 0) if plan.base else None

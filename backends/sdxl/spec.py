@@ -92,6 +92,12 @@ class SdxlSettings:
     #: Generation defaults for the Image tab.
     defaults: SdxlDefaults = field(default_factory=SdxlDefaults)
 
+    def unused_sources(self) -> tuple[str, ...]:
+        """Settings keys a preset's download plan leaves out: the refiner (4.5 GB) unless the
+        preset turns it on by default. A job that asks for it fetches it first
+        (``downloads.fetch_component``), with the download shown as the job's progress."""
+        return () if self.defaults.refiner else ("refiner_unet",)
+
 
 SPEC = BackendSpec(
     name="sdxl",

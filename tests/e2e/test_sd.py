@@ -1,6 +1,6 @@
-"""The SD models in a real Chromium: the Image tab's model selector shows each model's own controls
-and an SDXL text-to-image comes back; in the Variation / img2img tab a mask drawn on the picture
-is inpainted, and outside it the picture's pixels come back unchanged."""
+"""The SD models in a real Chromium: the Image tab's model selector shows each model's own controls,
+an SDXL text-to-image comes back and PNG Info chooses its model again; in the Variation / img2img
+tab a mask drawn on the picture is inpainted, and outside it the picture's pixels come back unchanged."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def hidden(checks: BrowserChecks, locator: Locator) -> None:
     checks.check(lambda: expect(locator).to_be_hidden())
 
 
-def test_the_selector_shows_each_models_controls_and_sdxl_generates(checks: BrowserChecks) -> None:
+def test_the_selector_shows_each_models_controls_and_sdxl_generates_and_png_info_restores_it(
+        checks: BrowserChecks, served: Served) -> None:
     page = checks.on("image").page
     panel = checks.open_tab("Image")
     checks.expand(panel, "Advanced")
@@ -53,14 +54,30 @@ def test_the_selector_shows_each_models_controls_and_sdxl_generates(checks: Brow
 
     choose(checks, panel, "Model", "SDXL 1.0")
     checks.fill(panel.get_by_label("Prompt", exact=True), "a lighthouse, SDXL")
+    checks.fill(slider(panel, "Steps"), "2")
+    checks.fill(panel.get_by_label("Width", exact=True), "320")
     page.locator("#image-sd-generate").click()
-    checks.image(page.locator("#image-gallery img").first, (256, 256), timeout=JOB_TIMEOUT_MS)
+    checks.image(page.locator("#image-gallery img").first, (320, 256), timeout=JOB_TIMEOUT_MS)
     checks.shows(panel, re.compile(r'"model"\s*:\s*"sdxl"'))
     checks.screenshot("image-sdxl")
 
     choose(checks, panel, "Model", "Stable Cascade")
     checks.visible(stage_c)
     checks.visible(page.locator("#image-generate"))
+
+    # PNG Info brings the SDXL picture's model back, with its own steps and its 64-px size.
+    checks.fill(panel.get_by_label("Prompt", exact=True), "something else")
+    checks.expand(panel, "PNG Info")
+    saved = max(served.outputs.rglob("*.png"), key=lambda p: p.stat().st_mtime)
+    page.locator("#image-png-file input[type=file]").set_input_files(str(saved))
+    checks.shows(page.locator(".toast-body.info").filter(has_text="Restored from"),
+                 re.compile(r"\(Cascade Studio\): model SDXL 1\.0, steps 2, guidance [0-9.]+, "
+                            r"refiner switch point 0\.8, refiner off, prompt, negative prompt.*, size 320×256"))
+    checks.check(lambda: expect(slider(panel, "Steps")).to_have_value("2"))
+    checks.check(lambda: expect(panel.get_by_label("Prompt", exact=True)).to_have_value("a lighthouse, SDXL"))
+    checks.check(lambda: expect(panel.get_by_label("Width", exact=True)).to_have_value("320"))
+    checks.visible(page.locator("#image-sd-generate"))
+    hidden(checks, stage_c)
 
 
 def test_an_inpaint_with_a_drawn_mask_keeps_the_rest_of_the_picture(checks: BrowserChecks, served: Served,

@@ -355,9 +355,17 @@ def test_sd_plans_take_the_diffusers_folders_of_the_offered_models_only() -> Non
 
     lite = load_preset("lite").settings
     plans = {p.repo: p for p in downloads.plan(lite, sections=["sd3", "sdxl"])}
-    # Lite offers SD3.5 Medium only: no Large or Large Turbo transformer (16.3 GB each).
-    assert set(plans) == {"stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-xl-base-1.0",
-                          "stabilityai/stable-diffusion-xl-refiner-1.0"}
+    # Lite offers SD3.5 Medium only: no Large or Large Turbo transformer (16.3 GB each). Its SDXL
+    # starts without the refiner, so the refiner (4.5 GB) waits for a job that asks for it.
+    assert set(plans) == {"stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-xl-base-1.0"}
+    refined = dataclasses.replace(lite, sdxl=dataclasses.replace(
+        lite.sdxl, defaults=dataclasses.replace(lite.sdxl.defaults, refiner=True)))
+    with_refiner = {p.repo: p for p in downloads.plan(refined, ["sdxl"])}
+    # A refiner job fetches exactly what a plan with the refiner would: its unet/ folder, fp16 only.
+    refiner = downloads.component_plan("sdxl.refiner_unet", lite.sdxl.refiner_unet)
+    assert refiner == [with_refiner["stabilityai/stable-diffusion-xl-refiner-1.0"]]
+    assert all(p.startswith("unet/") for p in refiner[0].allow_patterns)
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in refiner[0].allow_patterns
     medium = plans["stabilityai/stable-diffusion-3.5-medium"].allow_patterns
     assert any(p.startswith("transformer/") for p in medium) and any(p.startswith("text_encoder_3/") for p in medium)
     # Never the root single files or the ComfyUI text_encoders/ folder.

@@ -237,3 +237,20 @@ def test_an_image_request_keeps_its_size(sdxl: SdxlBackend) -> None:
     result = sdxl.run(IMG2IMG, image_request(source, steps=2), lambda *_: None)
     assert result.images[0].size == (128, 64) and result.latents.shape == (1, 4, 8, 16)
     assert result.info["input_size"] == [128, 64] and "vae_encode" in result.info["timings"]
+
+
+def test_the_refiner_is_fetched_only_when_a_job_asks_for_it(sdxl_ctx: LoadContext, tmp_path: Path) -> None:
+    """The preset's plan leaves the refiner out; a refiner job fetches it first (offline: says what is missing)."""
+    from backends.runtime.errors import ModelUnavailable
+    from backends.runtime.loading import Source
+
+    real_refiner = Source("stabilityai/stable-diffusion-xl-refiner-1.0", "unet", "fp16")
+    settings = tiny_settings(refiner_unet=real_refiner)
+    assert settings.unused_sources() == ("refiner_unet",)
+    assert replace(settings, defaults=replace(settings.defaults, refiner=True)).unused_sources() == ()
+    offline = replace(sdxl_ctx, models_dir=tmp_path / "hub")
+    backend = SdxlBackend(settings, MemoryManager(FakeProbe(device_total=16 * GB), device="cpu"), offline)
+    assert backend.run(TEXT_TO_IMAGE, text_request(steps=2), lambda *_: None).images  # no refiner, no fetch
+    with pytest.raises(ModelUnavailable, match=r"sdxl\.refiner_unet weights \(fp16\) in unet/"):
+        backend.run(TEXT_TO_IMAGE, text_request(steps=2, options={"refiner": True}), lambda *_: None)
+    assert {s.name: s.placement for s in backend.manager.statuses()}[REFINER_UNET] == "disk"
