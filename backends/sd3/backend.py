@@ -35,7 +35,16 @@ from PIL import Image
 
 from backends.runtime.errors import Cancelled, ModelUnavailable, StudioError, UnknownNameError
 from backends.runtime.image_requests import SdImageRequest, SdTextToImageRequest
-from backends.runtime.loading import TINY_PREFIX, LoadContext, Source, load_pretrained, resolve_repo, torch_dtype
+from backends.runtime.loading import (
+    TINY_PREFIX,
+    LoadContext,
+    Source,
+    element_size,
+    load_pretrained,
+    resolve_repo,
+    torch_dtype,
+    weights_dtype,
+)
 from backends.runtime.previews import numbered, stopped_notice
 from backends.runtime.progress import ProgressFn
 from backends.runtime.requests import MAX_PROMPT_CHARS, image_seed
@@ -264,7 +273,7 @@ class Sd3Backend:
         pixels = self._processor().preprocess(request.image, height=request.height, width=request.width)
 
         def need(module: torch.nn.Module) -> int:
-            return vae_encode_bytes(module.config, torch.finfo(module.dtype).bits // 8, request.width, request.height)
+            return vae_encode_bytes(module.config, element_size(module), request.width, request.height)
 
         with self.manager.use(VAE, need) as vae, torch.inference_mode():
             sample = retrieve_latents(vae.encode(pixels.to(self.manager.device, self.dtype)), generator=generator)
@@ -283,7 +292,7 @@ class Sd3Backend:
         guided = text.negative is not None
 
         def need(module: torch.nn.Module) -> int:
-            return transformer_bytes(module.config, torch.finfo(module.dtype).bits // 8, request.width,
+            return transformer_bytes(module.config, element_size(module), request.width,
                                      request.height, options.max_sequence_length, guided)
 
         def step_done(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -321,10 +330,11 @@ class Sd3Backend:
         started = time.perf_counter()
 
         def need(module: torch.nn.Module) -> int:
-            return vae_decode_bytes(module.config, torch.finfo(module.dtype).bits // 8, request.width, request.height)
+            return vae_decode_bytes(module.config, element_size(module), request.width, request.height)
 
         with self.manager.use(VAE, need) as vae, torch.inference_mode():
-            scaled = (latents.to(self.manager.device, vae.dtype) / vae.config.scaling_factor) + vae.config.shift_factor
+            scaled = latents.to(self.manager.device, weights_dtype(vae)) / vae.config.scaling_factor
+            scaled = scaled + vae.config.shift_factor
             pixels = vae.decode(scaled, return_dict=False)[0]
             image = self._processor().postprocess(pixels, output_type="pil")[0]
         timings["vae_decode"] = timings.get("vae_decode", 0.0) + time.perf_counter() - started

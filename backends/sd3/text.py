@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from backends.runtime.loading import element_size
 from backends.sd3.memory import CLIP_TOKENS, clip_bytes, t5_bytes
 from backends.sd3.pipes import TextToImage, assemble
 
@@ -102,7 +103,7 @@ def encode(manager: MemoryManager, tokenizers: Tokenizers, prompt: str, negative
     started = time.perf_counter()
 
     def clip_need(module: torch.nn.Module) -> int:
-        return clip_bytes(module.config, torch.finfo(module.dtype).bits // 8, len(texts))
+        return clip_bytes(module.config, element_size(module), len(texts))
 
     # The manager places modules outside inference mode; only the compute runs inside it.
     with manager.use(TEXT_ENCODER, clip_need) as clip_l, manager.use(TEXT_ENCODER_2, clip_need) as clip_g, \
@@ -136,7 +137,7 @@ def _t5_states(manager: MemoryManager, tokenizers: Tokenizers, texts: list[str],
         return [pipe._get_t5_prompt_embeds(text, 1, length, device=where, dtype=dtype).to(device) for text in texts]
 
     def need(module: torch.nn.Module) -> int:
-        return t5_bytes(module.config, torch.finfo(module.dtype).bits // 8, length, len(texts))
+        return t5_bytes(module.config, element_size(module), length, len(texts))
 
     on_cpu = t5 == "cpu"
     with manager.use(TEXT_ENCODER_3, need, host=on_cpu) as encoder, torch.inference_mode():

@@ -52,9 +52,9 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 
 def dtype_size(module: Any) -> int:
     """Bytes per element of a loaded module's weights."""
-    import torch
+    from backends.runtime.loading import element_size
 
-    return torch.finfo(module.dtype).bits // 8
+    return element_size(module)
 
 
 def text_working_bytes(config: Any, dtype_size: int, tokens: int = 77) -> int:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from backends.runtime.image_requests import MASK_THRESHOLD
+from backends.runtime.loading import weights_dtype
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL
@@ -61,7 +62,7 @@ def encode_upcast(vae: AutoencoderKL) -> bool:
 
 def decode_upcast(vae: AutoencoderKL) -> bool:
     """Whether the pipelines decode in float32: float16 weights with ``force_upcast`` (bf16 has the range)."""
-    return vae.dtype == torch.float16 and bool(vae.config.force_upcast)
+    return weights_dtype(vae) == torch.float16 and bool(vae.config.force_upcast)
 
 
 def encode(vae: AutoencoderKL, pixels: torch.Tensor, dtype: torch.dtype,
@@ -75,7 +76,7 @@ def encode(vae: AutoencoderKL, pixels: torch.Tensor, dtype: torch.dtype,
     if not encode_upcast(vae):
         return vae.encode(image).latent_dist
     image = image.float()
-    if vae.dtype == torch.float32:
+    if weights_dtype(vae) == torch.float32:
         return vae.encode(image).latent_dist
     return float32_call(vae, "encode", device, image).latent_dist
 

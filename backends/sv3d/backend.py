@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from backends.runtime.errors import StudioError, UnknownNameError
-from backends.runtime.loading import LoadContext, Source, load_pretrained, resolve_file
+from backends.runtime.loading import LoadContext, Source, element_size, load_pretrained, resolve_file, weights_dtype
 from backends.runtime.offload import module_bytes
 from backends.runtime.progress import ProgressFn
 from backends.sv3d.requests import OrbitRequest
@@ -205,7 +205,7 @@ class Sv3dBackend:
         clip_input = (small - mean) / std
 
         def need(module: torch.nn.Module) -> int:
-            return clip_working_bytes(module.config, torch.finfo(module.dtype).bits // 8)
+            return clip_working_bytes(module.config, element_size(module))
 
         with self.manager.use(self.component(variant, "image_encoder"), need) as encoder, torch.inference_mode():
             embedding = encoder(clip_input.to(self.manager.device, encoder.dtype)).image_embeds.unsqueeze(1)
@@ -223,7 +223,7 @@ class Sv3dBackend:
             return pixel_count * module.config.block_out_channels[0] * 5 * 4 + 2 * 3 * pixel_count * 4
 
         with self.manager.use(self.component(variant, "vae"), need) as vae, torch.inference_mode():
-            latent = vae.encode(noisy.to(self.manager.device, vae.dtype)).latent_dist.mode()
+            latent = vae.encode(noisy.to(self.manager.device, weights_dtype(vae))).latent_dist.mode()
         timings["vae_encode"] = time.perf_counter() - started
         return latent
 
@@ -235,7 +235,7 @@ class Sv3dBackend:
         shape = _Shape(request.size, request.size, frames)
 
         def need(module: torch.nn.Module) -> int:
-            return unet_working_bytes(shape, module.config, torch.finfo(module.dtype).bits // 8, True, False)
+            return unet_working_bytes(shape, module.config, element_size(module), True, False)
 
         with self.manager.use(self.component(request.variant, "unet"), need) as unet, torch.inference_mode():
             vector = camera_vector(request, d.cond_aug)
@@ -243,7 +243,7 @@ class Sv3dBackend:
             if vector.shape[1] != expected:
                 raise StudioError(f"the SV3D_{request.variant} UNet takes a {expected}-wide vector, not "
                                   f"{vector.shape[1]}: is {self.checkpoint(request.variant)[1]} the right file?")
-            dtype = unet.dtype
+            dtype = weights_dtype(unet)
             sigmas = edm_sigmas(request.steps).tolist()
             latents = torch.randn((1, frames, *concat.shape[1:]), generator=generator, dtype=torch.float32)
             latents = (latents * math.sqrt(1.0 + sigmas[0] ** 2)).to(device)
@@ -281,7 +281,7 @@ class Sv3dBackend:
 
         def per_frame(module: torch.nn.Module) -> int:
             width = module.config.block_out_channels[0]
-            return pixels * width * DECODE_LIVE_TENSORS * (torch.finfo(module.dtype).bits // 8) + pixels * 12
+            return pixels * width * DECODE_LIVE_TENSORS * (element_size(module)) + pixels * 12
 
         def need(module: torch.nn.Module) -> int:
             room = self.manager.room_beside(module_bytes(module))
@@ -293,7 +293,7 @@ class Sv3dBackend:
             chunk = int(max(1, min(cap, self.manager.usable_free() // per_frame(vae))))
             logger.info("orbit decode chunk %d (at most %d)", chunk, cap)
             with torch.inference_mode():
-                scaled = (latents.flatten(0, 1) / vae.config.scaling_factor).to(self.manager.device, vae.dtype)
+                scaled = (latents.flatten(0, 1) / vae.config.scaling_factor).to(self.manager.device, weights_dtype(vae))
                 done = 0
                 while done < total:
                     size = min(chunk, total - done)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from backends.runtime.errors import ModelUnavailable, OutOfMemory, StudioError, UnknownNameError
-from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
+from backends.runtime.loading import LoadContext, Source, element_size, load_pretrained, torch_dtype, weights_dtype
 from backends.runtime.offload import module_bytes
 from backends.runtime.progress import ProgressFn
 from backends.svd.memory import (
@@ -225,7 +225,7 @@ class SvdBackend:
                                        do_rescale=False, return_tensors="pt").pixel_values
 
         def need(module: torch.nn.Module) -> int:
-            return clip_working_bytes(module.config, torch.finfo(module.dtype).bits // 8)
+            return clip_working_bytes(module.config, element_size(module))
 
         with self.manager.use(IMAGE_ENCODER, need) as encoder, torch.inference_mode():
             embedding = encoder(clip_input.to(self.manager.device, encoder.dtype)).image_embeds.unsqueeze(1)
@@ -257,7 +257,7 @@ class SvdBackend:
                 moments = float32_call(vae.quant_conv, float32_call(vae.encoder, pixels, device), device)
                 latents = DiagonalGaussianDistribution(moments).mode()
             else:
-                latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+                latents = vae.encode(pixels.to(weights_dtype(vae))).latent_dist.mode()
         latents = latents.to(self.dtype)
         if self._guided():
             latents = torch.cat([torch.zeros_like(latents), latents])
@@ -266,7 +266,7 @@ class SvdBackend:
 
     @staticmethod
     def _upcast(vae: torch.nn.Module) -> bool:
-        return vae.dtype == torch.float16 and bool(vae.config.force_upcast)
+        return weights_dtype(vae) == torch.float16 and bool(vae.config.force_upcast)
 
     def _denoise(self, request: VideoRequest, embedding: torch.Tensor, image_latents: torch.Tensor,
                  generator: torch.Generator, scheduler_config: Any, progress: ProgressFn,
@@ -279,7 +279,7 @@ class SvdBackend:
         d = self.settings.defaults
 
         def estimate(module: torch.nn.Module, chunked: bool) -> int:
-            return unet_working_bytes(request, module.config, torch.finfo(module.dtype).bits // 8, guided, chunked)
+            return unet_working_bytes(request, module.config, element_size(module), guided, chunked)
 
         def need(module: torch.nn.Module) -> int:
             # Ask for room for the unchunked run when the budget can hold it; otherwise for the
@@ -296,7 +296,7 @@ class SvdBackend:
             chunked = self.manager.usable_free() < estimate(unet, chunked=False)
             set_forward_chunking(unet, chunked)
             with torch.inference_mode():
-                dtype = unet.dtype
+                dtype = weights_dtype(unet)
                 scheduler = EulerDiscreteScheduler.from_config(scheduler_config.config)
                 scheduler.set_timesteps(request.steps, device=device)
                 height, width = image_latents.shape[-2:]
@@ -345,7 +345,7 @@ class SvdBackend:
         cap = min(total, self.settings.auto_decode_chunk_max or total)
 
         def per_frame(module: torch.nn.Module) -> int:
-            return decode_frame_bytes(request, module.config, torch.finfo(module.dtype).bits // 8)
+            return decode_frame_bytes(request, module.config, element_size(module))
 
         asked: list[int] = []  # the chunk ``need`` asked room for
 
@@ -376,7 +376,8 @@ class SvdBackend:
                 logger.info("decode chunk %d (auto: %s usable, %s per frame, at most %d)", chunk,
                             format_bytes(max(usable, 0)), format_bytes(per_frame(vae)), cap)
             with torch.inference_mode():
-                scaled = (1 / vae.config.scaling_factor * latents.flatten(0, 1)).to(self.manager.device, vae.dtype)
+                scaled = (1 / vae.config.scaling_factor * latents.flatten(0, 1)).to(self.manager.device,
+                                                                                    weights_dtype(vae))
                 done = 0
                 while done < total:
                     size = min(chunk, total - done)

@@ -126,6 +126,6 @@ def unet_working_bytes(request: VideoRequest, config: Any, dtype_size: int, guid
 
 
 def _dtype_size(module: Any) -> int:
-    import torch
+    from backends.runtime.loading import element_size
 
-    return torch.finfo(module.dtype).bits // 8
+    return element_size(module)
