@@ -70,6 +70,11 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         help="never contact the hub (on automatically with --preset tiny)")
     parser.add_argument("--tabs", default=env("STUDIO_TABS", ",".join(ALL_TABS)),
                         help=f"comma-separated subset of {','.join(ALL_TABS)}")
+    parser.add_argument("--cluster", default=env("STUDIO_CLUSTER"), metavar="local|ADDRESS",
+                        help="run GPU work on Ray Serve replicas: local starts Ray here, ADDRESS joins a "
+                             "running cluster (auto, ray://host:10001); needs requirements-cluster.txt")
+    parser.add_argument("--replicas", type=int, default=int(env("STUDIO_REPLICAS")) if env("STUDIO_REPLICAS") else None,
+                        help="replicas with --cluster (default: one per GPU; CPU-only: 1)")
     parser.add_argument("--download-only", action="store_true",
                         help="download every file the preset needs, then exit")
     return parser
@@ -89,6 +94,9 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         parser.error(f"--tabs: none of {','.join(wanted)} is in this version yet; available: {','.join(BUILT_TABS)}")
     if args.vram_budget is not None and args.vram_budget <= 0:
         parser.error(f"--vram-budget: must be a positive number of GB, got {args.vram_budget}")
+    if args.replicas is not None and (args.replicas < 1 or not args.cluster):
+        parser.error(f"--replicas: needs --cluster and a count of 1 or more, got {args.replicas}"
+                     + ("" if args.cluster else " without --cluster"))
     args.auth_pairs = _auth_pairs(args, parser)
     if environ.get("SPACE_ID") and args.host is None:
         # On a Hugging Face Space the platform proxies the app and decides who may see it (public
@@ -201,7 +209,8 @@ def build_studio(args: argparse.Namespace) -> Any:
 
     config = StudioConfig(preset=args.preset, vram_budget_bytes=parse_budget_gb(args.vram_budget),
                           models_dir=args.models_dir, outputs_dir=args.outputs,
-                          cache_dir=cache_dir(args.models_dir), offline=args.offline)
+                          cache_dir=cache_dir(args.models_dir), offline=args.offline,
+                          cluster=getattr(args, "cluster", None), replicas=getattr(args, "replicas", None))
     return Studio(config, FAMILIES)
 
 
@@ -275,10 +284,12 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     itself always builds its own from ``args``.
     """
     from tabs import keys, queue_wait, web_guard
+    from tabs.common import widen_gpu_queue
 
     studio = studio if studio is not None else build_studio(args)
     demo = build_ui(studio, args.tabs)
     demo.queue(default_concurrency_limit=4)
+    widen_gpu_queue(demo, studio.gpu_slots)  # --cluster: one GPU job per replica at once
     auth = resolve_auth(args)
     # Login on every route, a failed-login throttle, named missing API inputs (tabs/web_guard.py);
     # then the page's queue-wait route, behind the login like every other (tabs/queue_wait.py).
@@ -300,7 +311,10 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
             logger.info("Windows may ask whether Python may accept connections: allow it for private "
                         "networks, or other devices cannot connect.")
     if not prevent_thread_lock:
-        demo.block_thread()
+        try:
+            demo.block_thread()
+        finally:
+            studio.close()
     return demo, local_url
 
 

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: GPU events share one queue slot so two jobs never fight over device memory (DESIGN.md).
+#: GPU events share one queue slot so two jobs never fight over device memory (DESIGN.md);
+#: ``widen_gpu_queue`` gives it one slot per replica with ``--cluster``.
 GPU_QUEUE = dict(concurrency_id="gpu", concurrency_limit=1)
 #: The ``meta`` gradio puts on a file object in a JSON payload (``gradio_client.handle_file``).
 FILE_DATA = {"_type": "gradio.FileData"}
@@ -284,3 +285,17 @@ def uploaded_path(field: str, value: Any) -> str | None:
     if not Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
         raise InputError(field, f"{Path(path).name or path[:80]} was not uploaded to this app; {how}")
     return path
+
+
+def widen_gpu_queue(demo: gr.Blocks, slots: int) -> None:
+    """Let ``slots`` GPU events run at once (``--cluster``: one per replica, each on its own device).
+
+    The events are wired with ``GPU_QUEUE`` while the tabs are built, before the replicas are
+    counted; gradio 6.31 reads each event's ``concurrency_limit`` when the queue starts, so
+    setting it on the built events (``Blocks.fns``) before ``launch`` is enough.
+    """
+    if slots == 1:
+        return
+    for fn in demo.fns.values():
+        if fn.concurrency_id == GPU_QUEUE["concurrency_id"]:
+            fn.concurrency_limit = slots

@@ -1,5 +1,9 @@
 """System tab: device, live VRAM and RAM, each component's placement and size, unload buttons.
 
+With ``--cluster`` it shows the replicas instead of this process (which loads no model then):
+one row per replica (node, pid, device, live memory, state, its models) and every replica's
+components, and Unload acts on one replica or on every live one.
+
 ``/status`` and ``/unload`` are registered by ``register_api`` whether or not the tab is shown
 (``--tabs`` may leave it out), because scripts rely on them.
 
@@ -35,6 +39,8 @@ CPU_DEVICE_PLACEMENTS = {"gpu": "cpu (device)", "cpu": "ram (evicted)"}
 #: Model names are a few words (``cascade.text_encoder``); a longer one is refused before it is
 #: looked up, so the error does not echo a megabyte back to the client.
 MAX_NAME_CHARS = 200
+#: The replica choice that unloads on every live replica (``--cluster``).
+EVERY_REPLICA = "every replica"
 
 
 def register_api(studio: Studio) -> None:
@@ -72,6 +78,10 @@ def unload_named(studio: Studio, name: Any) -> dict[str, Any]:
 
 
 def _summary(status: dict[str, Any]) -> str:
+    if "replicas" in status:
+        live = sum(r["state"] == "live" for r in status["replicas"])
+        return (f"**Cluster:** {status['cluster']} · **Preset:** {status['preset']} · **Replicas:** {live} live of "
+                f"{len(status['replicas'])} (each holds its own models; the table lists them by replica)")
     budget = f" (budget {format_bytes(status['budget'])})" if status.get("budget") else ""
     memory = "VRAM" if status["device"] != "cpu" else "Device memory (CPU)"
     dtypes = ", ".join(f"{family} {dtype}" for family, dtype in (status.get("dtypes") or {}).items())
@@ -88,12 +98,27 @@ def shown_placement(placement: str, device: str) -> str:
 
 
 def _rows(status: dict[str, Any]) -> list[list[Any]]:
+    """The components table: this process's, or with ``--cluster`` every replica's, named ``component @ replica``."""
     rows = []
-    for model in status["models"]:
-        used = model["last_used"]
-        when = dt.datetime.fromtimestamp(used).strftime("%H:%M:%S") if used else "never"
-        rows.append([model["name"], shown_placement(model["placement"], status["device"]),
-                     format_bytes(model["bytes"]), when])
+    holders = status.get("replicas") or [{"name": None, "device": status["device"], "models": status["models"]}]
+    for holder in holders:
+        for model in holder["models"]:
+            used = model["last_used"]
+            when = dt.datetime.fromtimestamp(used).strftime("%H:%M:%S") if used else "never"
+            name = model["name"] if holder["name"] is None else f"{model['name']} @ {holder['name']}"
+            rows.append([name, shown_placement(model["placement"], holder["device"]), format_bytes(model["bytes"]),
+                         when])
+    return rows
+
+
+def replica_rows(status: dict[str, Any]) -> list[list[Any]]:
+    """The replicas table (``--cluster``): name, node, pid, device, state, memory, models in memory."""
+    rows = []
+    for r in status.get("replicas") or []:
+        loaded = sorted({m["name"].split(".")[0] for m in r["models"] if m["placement"] != "disk"})
+        rows.append([r["name"], r["node"], r["pid"], r["device"], r["state"],
+                     f"{format_bytes(r['vram_free'])} free of {format_bytes(r['vram_total'])}",
+                     ", ".join(loaded) or "none", len(r.get("jobs", []))])
     return rows
 
 
@@ -118,8 +143,14 @@ def build(studio: Studio) -> dict[str, Any]:
     table = gr.Dataframe(headers=["component", "placement", "size", "last used"],
                          datatype=["str", "str", "str", "str"], interactive=False,
                          label="Loaded components", elem_id="system-components")
+    clustered = studio.cluster is not None
+    replicas = gr.Dataframe(headers=["replica", "node", "pid", "device", "state", "memory", "models", "jobs"],
+                            interactive=False, label="Replicas (Ray Serve)", visible=clustered,
+                            elem_id="system-replicas")
     with gr.Row():
         choice = gr.Dropdown(label="Component", choices=["all"], value="all", allow_custom_value=False)
+        where = gr.Dropdown(label="Replica", choices=[EVERY_REPLICA], value=EVERY_REPLICA, visible=clustered,
+                            allow_custom_value=False, elem_id="system-replica")
         unload_one = gr.Button("Unload", variant="secondary")
         unload_all = gr.Button("Unload all", variant="stop")
     with gr.Accordion("Model files", open=False):
@@ -127,34 +158,41 @@ def build(studio: Studio) -> dict[str, Any]:
         download = gr.Button("Download models for this preset", variant="primary")
     timer = gr.Timer(REFRESH_SECONDS)
 
-    def show(status: dict[str, Any]) -> tuple[str, list[list[Any]], Any]:
-        names = ["all", *sorted({m["name"].split(".")[0] for m in status["models"]}),
-                 *[m["name"] for m in status["models"]]]
-        return _summary(status), _rows(status), gr.Dropdown(choices=names)
+    def show(status: dict[str, Any]) -> tuple[Any, ...]:
+        models = [m for holder in status.get("replicas") or [status] for m in holder["models"]]
+        names = ["all", *sorted({m["name"].split(".")[0] for m in models}), *sorted({m["name"] for m in models})]
+        ids = [EVERY_REPLICA, *(r["name"] for r in status.get("replicas") or [])]
+        return (_summary(status), _rows(status), gr.Dropdown(choices=names), replica_rows(status),
+                gr.Dropdown(choices=ids))
 
-    def refresh() -> tuple[str, list[list[Any]], Any]:
+    def refresh() -> tuple[Any, ...]:
         return show(studio.status())
 
+    outputs = [summary, table, choice, replicas, where]
     # Filled at each page load, so the tab shows the status before the first tick.
-    on_page_load(refresh, [summary, table, choice])
+    on_page_load(refresh, outputs)
     on_page_load(lambda: _files_summary(studio), files)
 
-    def do_unload(name: str | None) -> tuple[str, list[list[Any]], Any]:
+    def do_unload(name: str | None, replica: str | None) -> tuple[Any, ...]:
         target = name or "all"
+        chosen = None if replica in (None, EVERY_REPLICA) else replica
         before = studio.status()
-        after = user_errors("Unload", lambda: studio.unload(target))
-        message = unload_confirmation(target, before, after)
+        after = user_errors("Unload", lambda: studio.unload(target, chosen) if clustered else studio.unload(target))
+        if clustered:
+            message = f"Asked {chosen or 'every live replica'} to unload {target}; the table shows it in a moment"
+        else:
+            message = unload_confirmation(target, before, after)
         logger.info("System tab: %s", message)
         gr.Info(message)
         return show(after)
 
-    outputs = [summary, table, choice]
     # No progress overlay on either: the tick would flash it over the panel every 2 s, and an
     # unload takes about a second; the unload's toast says when it is done.
     timer.tick(refresh, None, outputs, api_visibility="private", queue=False, show_progress="hidden")
-    unload_one.click(do_unload, choice, outputs, api_visibility="private", show_progress="hidden", **UNLOAD_QUEUE)
-    unload_all.click(lambda: do_unload("all"), None, outputs, api_visibility="private", show_progress="hidden",
+    unload_one.click(do_unload, [choice, where], outputs, api_visibility="private", show_progress="hidden",
                      **UNLOAD_QUEUE)
+    unload_all.click(lambda replica: do_unload("all", replica), where, outputs, api_visibility="private",
+                     show_progress="hidden", **UNLOAD_QUEUE)
 
     def do_download(progress: gr.Progress = gr.Progress()) -> str:
         def report(label: str, done: int, total: int) -> None:

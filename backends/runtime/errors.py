@@ -26,6 +26,10 @@ class InputError(StudioError, ValueError):
         self.detail = message
         super().__init__(f"{field}: {message}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickle by field and message (``--cluster`` sends errors from the replicas back to the app)."""
+        return type(self), (self.field, self.detail)
+
 
 class UnknownNameError(StudioError, KeyError):
     """A backend, task, preset or model name is not known; the message lists the known ones."""

@@ -35,6 +35,14 @@ class Backend(Protocol):
     def run(self, task: str, request: Any, progress: ProgressFn) -> Any: ...
 
 
+class RemoteRunner(Protocol):
+    """Runs jobs elsewhere (``--cluster``): ``Registry.run``/``stream`` with the family named."""
+
+    def run(self, family: str, task: str, request: Any, progress: ProgressFn) -> Any: ...
+
+    def stream(self, family: str, task: str, request: Any, progress: ProgressFn) -> Iterator[Any]: ...
+
+
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -50,6 +58,9 @@ class Registry:
         self.specs = _checked(specs)
         self._backends: dict[str, Backend] = {}
         self._lock = threading.Lock()
+        #: With ``--cluster``: runs every job on a replica instead (``backends.cluster.front.ClusterRunner``),
+        #: whose own registry does the work; this one then only answers questions about the preset.
+        self.remote: RemoteRunner | None = None
 
     def spec(self, name: str) -> BackendSpec:
         if name not in self.specs:
@@ -123,6 +134,8 @@ class Registry:
         A result that came from the retry says so in its ``info["notices"]``.
         """
         spec = self.spec_for_task(task)
+        if self.remote is not None:
+            return self.remote.run(spec.name, task, request, progress)
         self.ensure_files(spec.name, progress)
         backend = self.backend(spec.name)
         mode = self.settings(spec.name).memory_mode
@@ -139,6 +152,8 @@ class Registry:
         When the manager's OOM retry produced the stream, its first item says so in ``notices``.
         """
         spec = self.spec_for_task(task)
+        if self.remote is not None:
+            return self.remote.stream(spec.name, task, request, progress)
         self.ensure_files(spec.name, progress)
         backend = self.backend(spec.name)
         mode = self.settings(spec.name).memory_mode

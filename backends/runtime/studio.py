@@ -46,6 +46,10 @@ class StudioConfig:
     outputs_dir: Path = Path("outputs")
     cache_dir: Path = Path(".cache")
     offline: bool = False
+    #: ``--cluster``: ``local`` or a Ray address; None runs everything in this process.
+    cluster: str | None = None
+    #: ``--replicas``: None is one per GPU (CPU-only: 1).
+    replicas: int | None = None
 
 
 def _cuda_available() -> bool:
@@ -104,12 +108,39 @@ class Studio:
         self.ctx = ctx
         self.registry = Registry(self.preset.settings, self.manager, ctx, families, preset_name=self.preset.name)
         self.outputs = OutputWriter(Path(config.outputs_dir))
+        self.cluster: Any = None
+        if config.cluster:
+            self.cluster = self._connect(config)
+            self.registry.remote = self.cluster
         self._jobs: dict[str, JobControl] = {}
         self._jobs_lock = threading.Lock()
         self._clock = clock
         self._durations: deque[float] = deque(maxlen=RECENT_JOBS)
         logger.info("studio: preset %s on %s, budget %s, outputs %s", self.preset.name, self.device,
                     config.vram_budget_bytes, config.outputs_dir)
+
+    def _connect(self, config: StudioConfig) -> Any:
+        """Start or join the cluster (``backends.cluster``, imported only here) for this preset."""
+        import torch
+
+        from backends.cluster.front import ClusterConfig, connect
+
+        replica = {"preset": self.preset.name, "vram_budget_bytes": config.vram_budget_bytes,
+                   "offline": config.offline, "threads": torch.get_num_threads(),
+                   **{key: str(getattr(config, key)) if getattr(config, key) is not None else None
+                      for key in ("models_dir", "outputs_dir", "cache_dir")}}
+        return connect(ClusterConfig(config.cluster or "", config.replicas, replica))
+
+    @property
+    def gpu_slots(self) -> int:
+        """How many GPU jobs may run at once: one per replica with ``--cluster``, else one."""
+        return self.cluster.replicas if self.cluster is not None else 1
+
+    def close(self) -> None:
+        """Leave the cluster, if any (the app's shutdown; tests)."""
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
 
     # ----- Stop buttons: one flag per browser session ------------------------------------------
     def start_job(self, session: str) -> JobControl:
@@ -188,6 +219,8 @@ class Studio:
                 {"name": s.name, "placement": s.placement, "bytes": s.bytes, "last_used": s.last_used}
                 for s in self.manager.statuses()
             ],
+            **({"cluster": self.config.cluster, "replicas": self.cluster.replicas_status()}
+               if self.cluster is not None else {}),
         }
 
     def missing_files(self) -> list[str]:
@@ -203,9 +236,19 @@ class Studio:
         fetched = downloads.download_preset(self.preset, self.ctx, progress)
         return sum(f.to_fetch for f in fetched)
 
-    def unload(self, name: str) -> dict[str, Any]:
-        """Drop a component, a whole backend (``cascade``) or ``all`` from memory; return status."""
+    def unload(self, name: str, replica: str | None = None) -> dict[str, Any]:
+        """Drop a component, a whole backend (``cascade``) or ``all`` from memory; return status.
+
+        With ``--cluster`` the replicas hold the models: every live one, or only ``replica``, is
+        asked to unload (their next heartbeat does it; ``/status`` shows it a second later).
+        """
         name = name.strip()
+        if self.cluster is not None:
+            if name != "all" and name.split(".")[0] not in self.registry.specs:
+                known = ["all", *self.registry.specs, "<family>.<component>"]
+                raise UnknownNameError(f"Unknown model {name!r}; known: {', '.join(known)}")
+            self.cluster.unload(name, replica)
+            return self.status()
         try:
             dropped = self.manager.unload(name)
         except UnknownNameError:
