@@ -5,7 +5,8 @@ rem   launch.bat [--reinstall] [--setup-only] [app.py flags...]
 rem
 rem 1. find Python 3.10-3.12     2. create .venv once
 rem 3. install PyTorch for this machine (CUDA build matching the NVIDIA driver, else CPU)
-rem 4. install requirements.txt  (steps 3-4 only when requirements.txt changed: a hash stamp)
+rem 4. install requirements.txt  (steps 3-4 only when requirements.txt changed: a hash stamp),
+rem    and requirements-cluster.txt (Ray Serve) when --cluster is given
 rem 5. run app.py with every other argument
 rem   --reinstall    install again even if requirements.txt did not change
 rem   --setup-only   install and exit
@@ -86,6 +87,23 @@ rem ---- 4. everything else ----------------------------------------------------
 > ".venv\.requirements.sha256" echo %WANT%
 echo Installed. Later starts skip this step (use --reinstall to force it).
 :installed
+
+rem ---- 4b. Ray Serve, only for --cluster (the embedded app never needs it) -------------------
+set WANTS_CLUSTER=0
+if defined STUDIO_CLUSTER set WANTS_CLUSTER=1
+for %%A in (%APP_ARGS%) do if "%%~A"=="--cluster" set WANTS_CLUSTER=1
+if "%WANTS_CLUSTER%"=="1" (
+  set CLUSTER_WANT=
+  for /f "skip=1 delims=" %%H in ('certutil -hashfile requirements-cluster.txt SHA256') do if not defined CLUSTER_WANT set CLUSTER_WANT=%%H
+  set CLUSTER_HAVE=
+  if exist ".venv\.cluster.sha256" set /p CLUSTER_HAVE=<".venv\.cluster.sha256"
+  if "%REINSTALL%"=="1" set CLUSTER_HAVE=
+  if not "!CLUSTER_HAVE!"=="!CLUSTER_WANT!" (
+    echo Installing Ray Serve for --cluster ^(requirements-cluster.txt^)...
+    %PIP% install --quiet -r requirements-cluster.txt || exit /b 1
+    > ".venv\.cluster.sha256" echo !CLUSTER_WANT!
+  )
+)
 
 if "%SETUP_ONLY%"=="1" exit /b 0
 

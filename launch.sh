@@ -5,7 +5,8 @@
 #
 # 1. find Python 3.10-3.12     2. create .venv once
 # 3. install PyTorch for this machine (CUDA build matching the NVIDIA driver, else CPU)
-# 4. install requirements.txt  (steps 3-4 only when requirements.txt changed: a hash stamp)
+# 4. install requirements.txt  (steps 3-4 only when requirements.txt changed: a hash stamp),
+#    and requirements-cluster.txt (Ray Serve) when --cluster is given
 # 5. run app.py with every other argument
 #   --reinstall    install again even if requirements.txt did not change
 #   --setup-only   install and exit (tests/run.sh uses it)
@@ -115,6 +116,22 @@ if [ "$reinstall" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]
   echo "Installed. Later starts skip this step (use --reinstall to force it)."
 else
   echo "Requirements unchanged since the last install: skipping it."
+fi
+
+# ---- 4b. Ray Serve, only for --cluster (the embedded app never needs it) -------------------
+wants_cluster=0
+[ -n "${STUDIO_CLUSTER:-}" ] && wants_cluster=1
+for arg in "${app_args[@]+"${app_args[@]}"}"; do
+  case "$arg" in --cluster|--cluster=*) wants_cluster=1 ;; esac
+done
+if [ "$wants_cluster" = 1 ]; then
+  cluster_stamp="$venv/.cluster.sha256"
+  cluster_want="$(sha256sum requirements-cluster.txt | cut -d' ' -f1)"
+  if [ "$reinstall" = 1 ] || [ ! -f "$cluster_stamp" ] || [ "$(cat "$cluster_stamp")" != "$cluster_want" ]; then
+    echo "Installing Ray Serve for --cluster (requirements-cluster.txt)..."
+    "${pip[@]}" install --quiet -r requirements-cluster.txt
+    echo "$cluster_want" > "$cluster_stamp"
+  fi
 fi
 
 if [ "$setup_only" = 1 ]; then

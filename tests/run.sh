@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The test command of the README and CI: set up .venv (through launch.sh), add the test
+# The test command of the README and CI: set up .venv (through launch.sh, Ray Serve included), add the test
 # dependencies and Debian's Chromium for the browser tests, then run pytest on CPU, offline.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-bash launch.sh --setup-only
+bash launch.sh --setup-only --cluster local  # --cluster: Ray Serve too, for tests/test_cluster.py
 .venv/bin/python -m pip install --quiet -r tests/requirements.txt
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -129,8 +129,13 @@ def _local_gpus() -> int:
 
 def _unreachable(address: str, error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
-    if "auth" in text.lower() or "token" in text.lower():
-        return (f"--cluster {address}: the cluster refused this machine's Ray token ({text}). Copy the head's "
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:  # Ray words a refused token only deep in the chain
+        chain.append(str(seen).lower())
+        seen = seen.__cause__ or seen.__context__
+    if any("invalidauthtoken" in part or "authentication token" in part for part in chain):
+        return (f"--cluster {address}: the cluster refused this machine's Ray token ({type(error).__name__}). "
+                "Copy the head's "
                 "token (`ray get-auth-token` there) into RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH here, with "
                 "RAY_AUTH_MODE=token (README: Several GPUs or machines).")
     return (f"--cluster {address}: cannot reach a Ray cluster there ({text}). Start one with `ray start --head` "
