@@ -111,6 +111,24 @@ def test_chat_streams_and_equals_the_in_process_reply(cluster: tuple[Any, Client
     assert job.result() == local.predict("Write a poem about the sea", [], SYSTEM, 0, 1.0, 300, api_name="/chat")
 
 
+def test_stop_ends_a_streaming_chat_on_its_replica(cluster: tuple[Any, Client, Path]) -> None:
+    _, client, _ = cluster
+    job = client.submit("Write a very long story about the sea", [], SYSTEM, 0.7, 0.95, 2000, api_name="/chat")
+    busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the chat running on a replica")[0]
+    job.cancel()
+    wait_for(lambda: not any(r["jobs"] for r in replicas(client) if r["name"] == busy["name"]),
+             "the replica's chat ended after Stop", 30)
+    assert client.predict("Hello", [], SYSTEM, 0, 1.0, 8, api_name="/chat")
+
+
+def test_progress_reaches_the_client_while_a_replica_works(cluster: tuple[Any, Client, Path]) -> None:
+    _, client, _ = cluster
+    job = client.submit(*dict(LONG, prior_steps=40, decoder_steps=10).values(), api_name="/generate_image")
+    seen = wait_for(lambda: job.status().progress_data, "a progress update from the replica's job", 120)
+    assert 0 < seen[0].progress <= 1 and "step" in seen[0].desc  # the tab's own bar text, from the replica
+    assert job.result(timeout=300)[1]["seed"] == LONG["seed"]
+
+
 def test_a_second_image_goes_to_the_replica_holding_cascade(cluster: tuple[Any, Client, Path]) -> None:
     _, client, _ = cluster
     first = client.predict(*IMAGE.values(), api_name="/generate_image")[1]["replica"]["name"]

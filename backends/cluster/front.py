@@ -82,7 +82,8 @@ def connect(config: ClusterConfig) -> ClusterRunner:
         if local:
             gpus = _local_gpus()
             cpus = max(os.cpu_count() or 1, config.replicas or 1)
-            ray.init(namespace=NAMESPACE, num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+            # address="local": always a new cluster of our own, never one a `ray start` left running.
+            ray.init(address="local", namespace=NAMESPACE, num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
                      dashboard_host="127.0.0.1", log_to_driver=False)
         else:
             ray.init(address=config.address, namespace=NAMESPACE, log_to_driver=False)
