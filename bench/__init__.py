@@ -6,6 +6,8 @@ One module per scenario (``bench/chat.py``, …), each with ``run(options) -> di
 random-weight models with the real architectures on a GPU (no download), so figures are real-size
 speeds of our code, not of any checkpoint's outputs. On the CPU, ``--size real`` runs
 ``real_sizes`` only: every family once, at its smallest real-size request, one process each.
+``cluster`` (``--scenarios cluster``) times a tiny mix on Ray Serve replicas; nothing imports Ray
+unless it is named, and then only its child process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ SCENARIOS: dict[str, str] = {
     "compile": "bench.compiled",
     # Runs when named, and by default for --size real --device cpu; otherwise listed as skipped.
     "real_sizes": "bench.real_sizes",
+    # Starts Ray (in a child process): runs when named, otherwise listed as skipped.
+    "cluster": "bench.cluster",
 }
 #: Run only when asked for (``--compile`` or by name): compiling is minutes on a GPU.
 OPTIONAL: frozenset[str] = frozenset({"compile"})

@@ -24,10 +24,8 @@ How it runs, and why:
   first job of a family about 10 s (imports), so a cluster per configuration would double that
   and measure the two minutes apart on a shared machine. Here the passes alternate (1, N, N, 1,
   ...), so a neighbour's load hits both alike.
-* The child runs with ``RAY_ADDRESS=local``: Ray 2.60's ``ray.init()`` without an address joins
-  the last ``ray start`` cluster on the machine (``/tmp/ray/ray_current_cluster``), which fails
-  once ``num_cpus`` is given, or would measure someone else's cluster. ``--device cpu`` also
-  hides any GPU from it (``CUDA_VISIBLE_DEVICES=""``), so the replicas are CPU ones.
+* ``--device cpu`` hides any GPU from the child (``CUDA_VISIBLE_DEVICES=""``): ``--cluster local``
+  gives each replica a GPU when there are some, and the tiny preset would run on it.
 * Before timing, every family runs on every replica, until the board's ``/status`` shows each
   replica holding it: models load lazily per replica, and the figures are steady-state ones.
 
@@ -70,6 +68,8 @@ CPU_REPLICAS = 2
 WARMUP_ROUNDS = 4
 #: Seconds to wait for the board to show a warm-up (replicas beat every 0.5 s).
 BOARD_WAIT_S = 5.0
+#: Seconds for two heartbeats, so the placement read at the end follows the last job.
+SETTLE_S = 1.0
 #: Child attempts when the cluster cannot be started, and the wait between them.
 START_ATTEMPTS = 3
 START_RETRY_S = 20.0
@@ -104,16 +104,15 @@ def run(options: BenchOptions, *, quick: bool = False, threads: int = 1, named: 
     if not named:
         return {**base, "skipped": "starts a Ray cluster; name it (--scenarios cluster) to run it"}
     if options.size != "tiny":
-        raise SystemExit("--size real: the cluster scenario runs the tiny models only (use --size tiny); it "
-                         "measures what the replicas add, which real sizes would only hide")
+        raise SystemExit("--size real: the cluster scenario runs the tiny models only; use --size tiny")
     replicas = replica_count(options.device)
     if not replicas:
         return {**base, "skipped": "--device cuda needs 2 or more GPUs (one replica each); found 1. "
                                    "--device cpu runs 2 CPU replicas"}
     from backends.families import TINY
 
-    for kind in MIX:  # built here, once, rather than by two replicas at the same time
-        TINY.ensure(FAMILY[kind[0]], options.cache_dir)
+    for kind, _ in MIX:  # built here, once, rather than by every replica at the same time
+        TINY.ensure(FAMILY[kind], options.cache_dir)
     for attempt in range(1, START_ATTEMPTS + 1):
         figures = run_child(options, replicas, quick, threads)
         if figures is not None:
@@ -127,9 +126,7 @@ def run(options: BenchOptions, *, quick: bool = False, threads: int = 1, named: 
 
 def run_child(options: BenchOptions, replicas: int, quick: bool, threads: int) -> dict[str, Any] | None:
     """One ``python -m bench.cluster`` child; its figures, or None when the cluster did not start."""
-    env = {**os.environ, "RAY_ADDRESS": "local"}  # the module docstring says why
-    if options.device.type == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if options.device.type == "cpu" else {})}
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as folder:
         out = Path(folder) / "cluster.json"
         command = [sys.executable, "-m", "bench.cluster", "--replicas", str(replicas),
@@ -139,7 +136,7 @@ def run_child(options: BenchOptions, replicas: int, quick: bool, threads: int) -
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, env=env,
                               cwd=Path(__file__).resolve().parent.parent)
         if done.returncode == UNAVAILABLE_EXIT:
-            logger.warning("cluster child: %s", done.stderr.strip().splitlines()[-1:])
+            logger.warning("cluster child: %s", (done.stderr.strip().splitlines() or ["no output"])[-1])
             return None
         if done.returncode != 0 or not out.is_file():
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
@@ -226,7 +223,7 @@ def summarize(passes: list[dict[str, Any]], busy: int, deployment: int) -> dict[
         if job["replica"] is not None:
             by_replica[job["replica"]] = by_replica.get(job["replica"], 0) + 1
     rate = per_pass / median(seconds)
-    return {"replicas": busy, "deployment_replicas": deployment, "workers": busy, "median_s": median(seconds),
+    return {"replicas": busy, "deployment_replicas": deployment, "median_s": median(seconds),
             "runs_s": [round(s, 4) for s in seconds], "jobs_per_pass": per_pass, "passes": len(passes),
             "jobs_run": len(jobs), "completed": sum(job["completed"] for job in jobs),
             "jobs_per_s": rate, "jobs_per_s_per_replica": rate / busy,
@@ -245,11 +242,15 @@ def measure_cluster(options: BenchOptions, replicas: int, quick: bool) -> dict[s
     fields: dict[str, Any] = dict(preset="tiny", cache_dir=options.cache_dir, models_dir=None,
                                   outputs_dir=options.cache_dir / "bench-outputs", offline=True)
     local = Studio(StudioConfig(**fields), FAMILIES)
-    started = time.perf_counter()
-    studio = Studio(StudioConfig(**fields, cluster="local", replicas=replicas), FAMILIES)
-    startup = time.perf_counter() - started
+    requests = build_requests(options, local)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-in-process") as side:
+        # The in-process models load (mostly imports: 3-9 s here) while Ray starts, not after.
+        loading = side.submit(run_job, local, "image", requests["image"])
+        started = time.perf_counter()
+        studio = Studio(StudioConfig(**fields, cluster="local", replicas=replicas), FAMILIES)
+        startup = time.perf_counter() - started
     try:
-        requests = build_requests(options, studio)
+        loading.result()
         started = time.perf_counter()
         warm_up(studio, requests, replicas)
         warmup = time.perf_counter() - started
@@ -269,10 +270,9 @@ def measure_cluster(options: BenchOptions, replicas: int, quick: bool) -> dict[s
             result = where.registry.run("text_to_image", requests["image"], no_progress)
             compute[name].append(result.info["timings"]["total"])
 
-        image(local, "in_process")  # loads the in-process models; the replicas are warm
         overhead = measure({"replica": lambda: image(studio, "replica"),
                             "in_process": lambda: image(local, "in_process")}, options)
-        time.sleep(2 * BOARD_WAIT_S / 5)  # a fresh beat from every replica after the last job
+        time.sleep(SETTLE_S)  # a fresh beat from every replica after the last job
         placement = [{"name": r["name"], "pid": r["pid"], "node": r["node"], "device": r["device"],
                       "state": r["state"], "models": {m["name"]: m["placement"] for m in r["models"]}}
                      for r in studio.status()["replicas"]]
@@ -301,7 +301,8 @@ def describe(requests: dict[str, Any]) -> dict[str, dict[str, Any]]:
     image, video, chat = requests["image"], requests["video"], requests["chat"]
     return {"image": {key: getattr(image, key) for key in ("width", "height", "prior_steps", "decoder_steps",
                                                            "num_images")},
-            "video": {key: getattr(video, key) for key in ("width", "height", "num_frames", "steps")},
+            "video": {"width": video.image.width, "height": video.image.height, "num_frames": video.num_frames,
+                      "steps": video.steps},
             "chat": {"max_new_tokens": chat.max_new_tokens}}
 
 

@@ -191,7 +191,7 @@ class ClusterRunner:
 
     def _read(self, job: str, events: Any, progress: ProgressFn) -> Iterator[tuple[Any, ...]]:
         stopping = False
-        for event in events:
+        for event in (event for batch in events for event in batch):
             kind = event[0]
             if kind == "progress":
                 if stopping:
