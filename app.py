@@ -19,12 +19,13 @@ from typing import Any, Mapping, Sequence
 
 logger = logging.getLogger("cascade_studio")
 
-DESCRIPTION = "Stable Cascade, SD3.5, SDXL, Stable Video Diffusion, SV3D and StableLM on your own GPU."
-ALL_TABS = ("image", "variation", "video", "orbit", "chat", "system")
+DESCRIPTION = ("Stable Cascade, SD3.5, SDXL, Stable Video Diffusion, SV3D, StableLM and Stable Audio Open on "
+               "your own GPU.")
+ALL_TABS = ("image", "variation", "video", "orbit", "chat", "audio", "system")
 #: Tabs this version ships; the others are named in the contract and arrive with later releases.
-BUILT_TABS = ("image", "variation", "video", "orbit", "chat", "system")
+BUILT_TABS = ("image", "variation", "video", "orbit", "chat", "audio", "system")
 TAB_TITLES = {"image": "Image", "variation": "Variation / img2img", "video": "Video",
-              "orbit": "3D orbit", "chat": "Chat", "system": "System"}
+              "orbit": "3D orbit", "chat": "Chat", "audio": "Audio", "system": "System"}
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 #: Uploads above this are refused before they reach a handler (LAN users share one machine).
 MAX_UPLOAD = "25mb"
@@ -211,7 +212,12 @@ def build_studio(args: argparse.Namespace) -> Any:
                           models_dir=args.models_dir, outputs_dir=args.outputs,
                           cache_dir=cache_dir(args.models_dir), offline=args.offline,
                           cluster=getattr(args, "cluster", None), replicas=getattr(args, "replicas", None))
-    return Studio(config, FAMILIES)
+    studio = Studio(config, FAMILIES)
+    if config.cluster:  # Ray is imported here only: the embedded app never loads it
+        from backends.cluster.front import attach
+
+        attach(studio)
+    return studio
 
 
 def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:

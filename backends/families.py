@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backends.audio.spec import SPEC as AUDIO
 from backends.cascade.spec import SPEC as CASCADE
 from backends.runtime import presets
 from backends.runtime.loading import LoadContext
@@ -25,7 +26,7 @@ from backends.sv3d.spec import SPEC as SV3D
 from backends.svd.spec import SPEC as SVD
 
 #: Every family, in the order ``/status`` and the System tab list them.
-FAMILIES: tuple[BackendSpec, ...] = (CASCADE, SD3, SVD, SV3D, STABLELM, SDXL)
+FAMILIES: tuple[BackendSpec, ...] = (CASCADE, SD3, SVD, SV3D, STABLELM, SDXL, AUDIO)
 
 #: The preset schema: the app-wide keys plus one section per family (``settings.cascade``, ...).
 PresetSettings = preset_schema(FAMILIES)

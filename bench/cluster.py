@@ -248,6 +248,9 @@ def measure_cluster(options: BenchOptions, replicas: int, quick: bool) -> dict[s
         loading = side.submit(run_job, local, "image", requests["image"])
         started = time.perf_counter()
         studio = Studio(StudioConfig(**fields, cluster="local", replicas=replicas), FAMILIES)
+        from backends.cluster.front import attach  # the child alone imports Ray
+
+        attach(studio)
         startup = time.perf_counter() - started
     try:
         loading.result()

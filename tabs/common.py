@@ -56,7 +56,7 @@ FIELD_LABELS: dict[str, str] = {
     "max_new_tokens": "Max new tokens", "top_k": "Top-k", "repetition_penalty": "Repetition penalty",
     "name": "Component", "guidance": "Guidance", "model": "Model", "mask": "Mask",
     "max_sequence_length": "T5 sequence length", "t5": "T5 encoder", "refiner": "Refiner",
-    "high_noise_frac": "Refiner switch point", "options": "Model options",
+    "high_noise_frac": "Refiner switch point", "options": "Model options", "seconds": "Length (seconds)",
 }
 
 

@@ -175,6 +175,7 @@ CONTRACT = {
                            "model"],
     "/img2img_sd": ["image", "prompt", "negative_prompt", "strength", "width", "height", "seed", "model"],
     "/inpaint": ["image", "mask", "prompt", "negative_prompt", "strength", "seed", "model"],
+    "/generate_audio": ["prompt", "negative_prompt", "seconds", "steps", "guidance", "seed"],
 }
 
 

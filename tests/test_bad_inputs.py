@@ -83,6 +83,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                         height=256, seed=5, model="sd3.5-medium"),
     "/inpaint": dict(image=Pic("photo.png"), mask=Pic("mask.png"), prompt="a door", negative_prompt="", strength=1.0,
                      seed=5, model="sdxl"),
+    "/generate_audio": dict(prompt="rain on a tin roof", negative_prompt="Low quality.", seconds=1.0, steps=2,
+                            guidance=7.0, seed=5),
 }
 
 
@@ -120,6 +122,7 @@ def handled(endpoint: str, label: str, overrides: dict[str, Any], notice: str | 
 G, V, I, VID, O, C, U = ("/generate_image", "/image_variation", "/img2img", "/generate_video", "/orbit", "/chat",
                          "/unload")
 SD, S2, INP = "/generate_image_sd", "/img2img_sd", "/inpaint"
+AUD = "/generate_audio"
 HUGE_HISTORY = [{"role": role, "content": f"turn {i} " + "word " * 40}
                 for i in range(5_000) for role in ("user", "assistant")]  # about 2 MB
 #: What JSON's 401-digit ``1000…0`` becomes in Python: an int that no float can hold.
@@ -347,6 +350,18 @@ CASES = [
     refused(INP, "negative strength", "strength", -0.5, "between 0 and 1"),
     refused(INP, "Stable Cascade as the model", "model", "cascade", "must be one of"),
     handled(INP, "an RGB mask", {"mask": Pic("mask-rgb.png")}, same_as={}),
+    refused(AUD, "zero seconds", "seconds", 0, r"more than 0 and at most 47 seconds, got 0"),
+    refused(AUD, "longer than the model's 47 s", "seconds", 48, r"at most 47 seconds, got 48"),
+    refused(AUD, "negative seconds", "seconds", -3, "more than 0"),
+    refused(AUD, "seconds as words", "seconds", "ten", "number"),
+    refused(AUD, "raw NaN guidance", "guidance", float("nan"), "finite", raw=True),
+    refused(AUD, "NaN guidance as text", "guidance", "nan", "finite"),
+    refused(AUD, "zero steps", "steps", 0, "between 1 and 500"),
+    refused(AUD, "too many steps", "steps", 10_000, "between 1 and 500"),
+    refused(AUD, "fractional steps", "steps", 2.5, "whole number"),
+    refused(AUD, "empty prompt", "prompt", "", "is empty"),
+    refused(AUD, "a number for the prompt", "prompt", 42, "text"),
+    handled(AUD, "a huge prompt", {"prompt": "rain " * 40_000}, r"prompt cut to"),
     refused(U, "a lone surrogate", "name", "\ud800", r"Unknown model '\\ud800'", raw=True),
     handled(U, "spaces around 'all'", {"name": "  all  "}),
 ]
@@ -461,6 +476,10 @@ def fingerprint(endpoint: str, result: Any) -> Any:
         return np.asarray(Image.open(result[1]).convert("RGB"))
     if endpoint == C:
         return result
+    if endpoint == AUD:
+        import soundfile
+
+        return soundfile.read(result[0], always_2d=True)[0]
     return sorted((m["name"], m["placement"]) for m in result["models"])
 
 
@@ -494,6 +513,8 @@ def check_result(endpoint: str, values: dict[str, Any], result: Any, notice: str
         assert all(Image.open(item["image"]).size == (info["width"], info["height"]) for item in gallery)
     elif endpoint == VID:
         assert fingerprint(VID, result).shape[0] == values["num_frames"]
+    elif endpoint == AUD:
+        assert fingerprint(AUD, result).shape == (round(values["seconds"] * 44_100), 2)
     else:
         assert Image.open(result[1]).size == (7 * 64, 3 * 64)  # 21 views of the tiny model's 64²
     if notice:
@@ -554,7 +575,7 @@ def test_after_the_matrix_the_app_answers_and_repeats_its_results(
     status = client.predict(api_name="/status")
     assert status["preset"] == "tiny" and status["device"] == "cpu"
     assert all(studio.manager.component(m["name"]).in_use == 0 for m in status["models"])
-    for endpoint in (G, V, I, VID, O, C):  # /unload's reference ran before any model was loaded
+    for endpoint in (G, V, I, VID, O, C, AUD):  # /unload's reference ran before any model was loaded
         again = fingerprint(endpoint, call(client, endpoint, {}, pictures))
         assert same(reference[endpoint], again), endpoint
 

@@ -61,6 +61,25 @@ def _ray() -> Any:
     return ray
 
 
+def attach(studio: Any) -> ClusterRunner:
+    """Start or join ``studio.config.cluster`` for this Studio's preset, and route its jobs there.
+
+    The replicas get the Studio's flags (the preset as resolved here, so the UI and the replicas
+    agree on what is offered) and this process's torch thread count.
+    """
+    import torch
+
+    config = studio.config
+    replica = {"preset": studio.preset.name, "vram_budget_bytes": config.vram_budget_bytes,
+               "offline": config.offline, "threads": torch.get_num_threads(),
+               **{key: str(getattr(config, key)) if getattr(config, key) is not None else None
+                  for key in ("models_dir", "outputs_dir", "cache_dir")}}
+    runner = connect(ClusterConfig(config.cluster or "", config.replicas, replica))
+    studio.cluster = runner
+    studio.registry.remote = runner
+    return runner
+
+
 def connect(config: ClusterConfig) -> ClusterRunner:
     """Start (``local``) or join the cluster, deploy the replicas and the board; the runner for jobs.
 

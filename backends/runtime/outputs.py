@@ -290,6 +290,28 @@ class OutputWriter:
         logger.info("saved a %d-frame video to %s", len(frames), video)
         return dict(zip(("video", "params", "gif"), saved))
 
+    def save_audio(self, audio: np.ndarray, sample_rate: int, params: dict[str, Any],
+                   fmt: str = "flac") -> dict[str, Path]:
+        """Save audio ((channels, samples) floats) as FLAC or WAV, its waveform picture and a JSON sidecar.
+
+        Returns:
+            ``{"audio": file, "waveform": webp, "params": json}``, all atomic; nothing is left of
+            a result that failed part-way. The waveform is WebP, not PNG, so the Image tab's
+            Recent outputs (its PNGs) never lists it.
+        """
+        from backends.runtime.audio_files import waveform, write_audio
+
+        text = json.dumps(dict(params, sample_rate=sample_rate), indent=2, default=str)
+        with self._one_result() as saved:
+            path = self._next_path(int(params.get("seed", 0)), f".{fmt}")
+            saved.append(atomic_write(path, lambda tmp: write_audio(tmp, audio, sample_rate, fmt), self.root))
+            saved.append(atomic_write(path.with_suffix(".webp"), lambda tmp: waveform(audio).save(tmp, format="WEBP"),
+                                      self.root))
+            saved.append(atomic_write(path.with_suffix(".json"),
+                                      lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), self.root))
+        logger.info("saved %.1f s of audio to %s", np.asarray(audio).shape[-1] / sample_rate, path)
+        return dict(zip(("audio", "waveform", "params"), saved))
+
     def recent(self, limit: int = 12, suffixes: tuple[str, ...] = (".png",)) -> list[Path]:
         """Newest result files first (hidden temporaries excluded)."""
         if not self.root.is_dir():

@@ -46,7 +46,8 @@ class StudioConfig:
     outputs_dir: Path = Path("outputs")
     cache_dir: Path = Path(".cache")
     offline: bool = False
-    #: ``--cluster``: ``local`` or a Ray address; None runs everything in this process.
+    #: ``--cluster``: ``local`` or a Ray address; None runs everything in this process. The
+    #: runtime only records it: ``app.build_studio`` attaches the cluster (``backends.cluster``).
     cluster: str | None = None
     #: ``--replicas``: None is one per GPU (CPU-only: 1).
     replicas: int | None = None
@@ -108,28 +109,15 @@ class Studio:
         self.ctx = ctx
         self.registry = Registry(self.preset.settings, self.manager, ctx, families, preset_name=self.preset.name)
         self.outputs = OutputWriter(Path(config.outputs_dir))
+        #: With ``--cluster``, what runs the jobs (``backends.cluster.front.attach`` sets it, and
+        #: ``registry.remote``); it answers ``replicas_status``, ``unload``, ``replicas``, ``close``.
         self.cluster: Any = None
-        if config.cluster:
-            self.cluster = self._connect(config)
-            self.registry.remote = self.cluster
         self._jobs: dict[str, JobControl] = {}
         self._jobs_lock = threading.Lock()
         self._clock = clock
         self._durations: deque[float] = deque(maxlen=RECENT_JOBS)
         logger.info("studio: preset %s on %s, budget %s, outputs %s", self.preset.name, self.device,
                     config.vram_budget_bytes, config.outputs_dir)
-
-    def _connect(self, config: StudioConfig) -> Any:
-        """Start or join the cluster (``backends.cluster``, imported only here) for this preset."""
-        import torch
-
-        from backends.cluster.front import ClusterConfig, connect
-
-        replica = {"preset": self.preset.name, "vram_budget_bytes": config.vram_budget_bytes,
-                   "offline": config.offline, "threads": torch.get_num_threads(),
-                   **{key: str(getattr(config, key)) if getattr(config, key) is not None else None
-                      for key in ("models_dir", "outputs_dir", "cache_dir")}}
-        return connect(ClusterConfig(config.cluster or "", config.replicas, replica))
 
     @property
     def gpu_slots(self) -> int:

@@ -15,8 +15,11 @@ import pytest
 from backends.families import FAMILIES
 
 BACKENDS = Path(__file__).resolve().parents[2] / "backends"
+#: The packages that are no family: the runtime, and the optional Ray Serve deployment (DESIGN.md's
+#: ``backends/cluster/``), which stands above the runtime and the families and nothing imports but app.py.
+NOT_FAMILIES = ("runtime", "cluster", "__pycache__")
 FAMILY_PACKAGES = sorted(p.name for p in BACKENDS.iterdir()
-                         if p.is_dir() and p.name.isidentifier() and p.name not in ("runtime", "__pycache__"))
+                         if p.is_dir() and p.name.isidentifier() and p.name not in NOT_FAMILIES)
 #: What every family package holds (its own extra modules come on top).
 FAMILY_SHAPE = ("__init__.py", "spec.py", "requests.py", "backend.py", "tiny.py")
 
@@ -78,6 +81,13 @@ def test_families_reach_no_other_family_but_through_named_public_modules() -> No
             other = target.split(".")[1] if target.count(".") else None
             if other in FAMILY_PACKAGES and other != parts[1] and target in MODULES:
                 assert (parts[1], target) in allowed, f"{module} imports {target}"
+
+
+def test_only_the_cluster_package_itself_imports_it() -> None:
+    """The embedded path never reaches Ray: no runtime or family module imports ``backends.cluster``."""
+    for module, path in MODULES.items():
+        if not module.startswith("backends.cluster"):
+            assert not any(m.startswith("backends.cluster") for m in imports(path)), module
 
 
 def test_no_import_cycles() -> None:

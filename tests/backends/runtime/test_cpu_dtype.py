@@ -59,7 +59,8 @@ def test_auto_on_cuda_is_each_familys_default_and_reads_no_cpu_features() -> Non
     settings, choice = resolve(load_preset("cpu").settings, "cuda", never_read)
     defaults = {spec.settings_key: spec.settings().dtype for spec in FAMILIES}
     assert choice.dtypes == defaults == {"cascade": "bfloat16", "sd3": "bfloat16", "svd": "float16",
-                                         "sv3d": "float16", "stablelm": "bfloat16", "sdxl": "float16"}
+                                         "sv3d": "float16", "stablelm": "bfloat16", "sdxl": "float16",
+                                         "audio": "float16"}
     assert choice.status()["cpu_capability"] is None and choice.status()["cpu_bf16"] is None
 
 
@@ -68,7 +69,7 @@ def test_concrete_dtypes_are_left_alone() -> None:
     settings, choice = resolve(lite, "cpu", lambda: SAPPHIRE_RAPIDS)
     assert settings is lite and choice.auto == ()
     assert choice.dtypes == {"cascade": "bfloat16", "sd3": "bfloat16", "svd": "float16", "sv3d": "float16",
-                             "stablelm": "bfloat16", "sdxl": "float16"}
+                             "stablelm": "bfloat16", "sdxl": "float16", "audio": "float16"}
     assert choice.reason == "the preset names every dtype"
 
 
@@ -77,8 +78,8 @@ def test_one_family_on_auto_leaves_the_others_as_written(tmp_path: Path) -> None
     path.write_text("base: cpu\ncascade: {dtype: float32}\n")
     settings, choice = resolve(load_preset(str(path)).settings, "cpu", lambda: ZEN4)
     assert choice.dtypes == {"cascade": "float32", "sd3": "bfloat16", "svd": "bfloat16", "sv3d": "bfloat16",
-                             "stablelm": "bfloat16", "sdxl": "bfloat16"}
-    assert choice.auto == ("sd3", "svd", "sv3d", "stablelm", "sdxl")
+                             "stablelm": "bfloat16", "sdxl": "bfloat16", "audio": "bfloat16"}
+    assert choice.auto == ("sd3", "svd", "sv3d", "stablelm", "sdxl", "audio")
     assert settings.cascade.defaults.width == 768  # the rest of each section is kept
 
 

@@ -25,19 +25,19 @@ def test_backends_are_built_lazily_and_unknown_names_list_the_known(tiny_cache: 
     st = studio(tiny_cache, tmp_path)
     assert st.registry.tasks() == ["text_to_image", "image_variation", "img2img", "sd3_text_to_image", "sd3_img2img",
                                    "sd3_inpaint", "image_to_video", "orbit", "chat", "sdxl_text_to_image",
-                                   "sdxl_img2img", "sdxl_inpaint"]
+                                   "sdxl_img2img", "sdxl_inpaint", "text_to_audio"]
     assert st.status()["models"] == []
     with pytest.raises(UnknownNameError, match="Unknown task 'paint'; known: text_to_image, image_variation, "
                                                "img2img, sd3_text_to_image, sd3_img2img, sd3_inpaint, "
                                                "image_to_video, orbit, chat, sdxl_text_to_image"):
         st.registry.run("paint", request(), lambda *a: None)
-    with pytest.raises(UnknownNameError, match="Unknown backend 'audio'; known: cascade, sd3, svd, sv3d, stablelm, "
-                                               "sdxl$"):
-        st.registry.backend("audio")
+    with pytest.raises(UnknownNameError, match="Unknown backend 'speech'; known: cascade, sd3, svd, sv3d, stablelm, "
+                                               "sdxl, audio$"):
+        st.registry.backend("speech")
     st.unload("cascade")  # a known backend with nothing loaded is not an error
     st.unload("sdxl")
     with pytest.raises(UnknownNameError, match="known: all, cascade"):
-        st.unload("audio")
+        st.unload("speech")
 
 
 def test_size_estimates_follow_the_preset() -> None:
