@@ -5,7 +5,8 @@ One module per scenario (``bench/chat.py``, …), each with ``run(options) -> di
 ``--size tiny`` uses the tiny random-weight models (any machine, seconds); ``--size real`` builds
 random-weight models with the real architectures on a GPU (no download), so figures are real-size
 speeds of our code, not of any checkpoint's outputs. On the CPU, ``--size real`` runs
-``real_sizes`` only: every family once, at its smallest real-size request, one process each.
+``real_sizes`` by default: every family once, at its smallest real-size request, one process each;
+``audio`` may be named there too (one short real-size request, ours only).
 ``cluster`` (``--scenarios cluster``) times a tiny mix on Ray Serve replicas; nothing imports Ray
 unless it is named, and then only its child process.
 """
@@ -18,6 +19,8 @@ SCENARIOS: dict[str, str] = {
     "image_offload": "bench.image_offload",
     "switching": "bench.switching",
     "chat": "bench.chat",
+    # Stable Audio Open against StableAudioPipeline; also runs at --size real --device cpu when named.
+    "audio": "bench.audio",
     "never_oom": "bench.never_oom",
     "compile": "bench.compiled",
     # Runs when named, and by default for --size real --device cpu; otherwise listed as skipped.
