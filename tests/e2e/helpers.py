@@ -236,12 +236,12 @@ def generate_image(checks: BrowserChecks, prompt: str = "a red lighthouse on a c
     return Path(result.get_attribute("src") or "").name
 
 
-def make_it_long(checks: BrowserChecks, panel: Locator) -> None:
-    """Set the Image tab to its longest job (512², 100 + 50 steps): long enough to act on while it
+def make_it_long(checks: BrowserChecks, panel: Locator, side: int = 512) -> None:
+    """Set the Image tab to a long job (``side``², 100 + 50 steps): long enough to act on while it
     runs (a 100-step 256² job ends in about 3.6 s on the tiny models, before a Stop can land)."""
     checks.expand(panel, "Advanced")
-    checks.fill(panel.get_by_label("Width", exact=True), "512")
-    checks.fill(panel.get_by_label("Height", exact=True), "512")
+    checks.fill(panel.get_by_label("Width", exact=True), str(side))
+    checks.fill(panel.get_by_label("Height", exact=True), str(side))
     # A slider's number box: gradio 6.31 labels it "number input for <label>".
     checks.fill(panel.get_by_label("number input for Stage C steps", exact=True), "100")
     checks.fill(panel.get_by_label("number input for Stage B steps", exact=True), "50")

@@ -100,7 +100,9 @@ def test_stop_is_not_a_failure_and_the_previous_result_stays(checks: BrowserChec
     before = gallery.inner_text()
     panel = checks.panel()
     panel.get_by_label("Live previews").check()
-    make_it_long(checks, panel)
+    # 1024², four times the pixels of 512²: on a loaded 2-core CI machine the previews reached the
+    # page so late that the 512² job had ended before Stop landed (no job left to stop, no notice).
+    make_it_long(checks, panel, side=1024)
     page.locator("#image-generate").click()
     checks.shows(gallery, PREVIEW, timeout=JOB_TIMEOUT_MS)
     page.locator("#image-stop").click()
