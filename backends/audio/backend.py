@@ -38,7 +38,15 @@ from backends.audio.requests import AudioRequest
 from backends.audio.spec import SPEC, AudioSettings
 from backends.audio.text import TEXT_ENCODER, TextStates, encode
 from backends.runtime.errors import InputError, UnknownNameError
-from backends.runtime.loading import LoadContext, Source, element_size, load_pretrained, torch_dtype, weights_dtype
+from backends.runtime.loading import (
+    LoadContext,
+    Source,
+    describe_source,
+    element_size,
+    load_pretrained,
+    torch_dtype,
+    weights_dtype,
+)
 from backends.runtime.progress import ProgressFn
 from backends.runtime.requests import MAX_PROMPT_CHARS
 
@@ -53,12 +61,6 @@ VAE = "audio.vae"
 DENOISE = "Stable Audio denoising"
 #: Settings keys shown in the info as the job's sources.
 _SOURCES = ("text_encoder", "projection_model", "transformer", "vae")
-
-
-def describe_source(source: Source) -> str:
-    """A one-line name for a source, as shown in the info JSON."""
-    text = source.repo + (f"/{source.subfolder}" if source.subfolder else "")
-    return text + (f" ({source.variant})" if source.variant else "")
 
 
 @dataclass

@@ -43,7 +43,6 @@ from backends.cascade.stages import (
     VQGAN,
     CascadeJob,
     ImageResult,
-    describe_source,
     stage_b_size,
     stage_c_size,
     vqgan_tile_bytes,
@@ -51,7 +50,7 @@ from backends.cascade.stages import (
 )
 from backends.cascade.tiling import TileGrid, decode_within_budget, tiling_report
 from backends.runtime.errors import Cancelled, UnknownNameError
-from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
+from backends.runtime.loading import LoadContext, Source, describe_source, load_pretrained, torch_dtype
 from backends.runtime.previews import numbered, preview_channel, stopped_notice
 from backends.runtime.progress import ProgressFn
 from backends.runtime.requests import MAX_PROMPT_CHARS, image_seed

@@ -32,8 +32,8 @@ from PIL import Image
 from backends.cascade.effnet import DOWNSAMPLE, effnet_pixels, load_effnet
 from backends.cascade.previewer import load_previewer, to_images
 from backends.cascade.sampling import StageCStart, StepObserver, predicted_clean
-from backends.cascade.stages import CascadeJob, ImageResult, describe_source, stage_c_size
-from backends.runtime.loading import load_pretrained
+from backends.cascade.stages import CascadeJob, ImageResult, stage_c_size
+from backends.runtime.loading import describe_source, load_pretrained
 from backends.runtime.previews import WithPreviews
 from backends.runtime.progress import ProgressFn
 

@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
-from backends.runtime.loading import Source
-
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -60,12 +58,6 @@ class ImageResult:
     info: dict[str, Any]
     #: The stage C latents that stage B received (CPU), for tests and img2img/variation work.
     stage_c_latents: torch.Tensor
-
-
-def describe_source(source: Source) -> str:
-    """A one-line name for a source, as shown in the info JSON."""
-    text = source.repo + (f"/{source.subfolder}" if source.subfolder else "")
-    return text + (f" ({source.variant})" if source.variant else "")
 
 
 def stage_c_size(height: int, width: int) -> tuple[int, int]:

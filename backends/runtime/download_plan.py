@@ -108,7 +108,7 @@ def plan(settings: Any, sections: Iterable[str] | None = None,
         # a job asks (SDXL's refiner, 4.5 GB, fetched then: ``component_plan``): those are skipped.
         unused = set(value.unused_sources()) if hasattr(value, "unused_sources") else set()
         for key, source in _sources(value):
-            if key in unused or source.repo.startswith(TINY_PREFIX) or Path(source.repo).expanduser().is_dir():
+            if key in unused or not _from_hub(source):
                 continue
             filename = getattr(source, "filename", None) or files.get(section.name, {}).get(key)
             patterns, needs = _source_patterns(source, f"{section.name}.{key}",
@@ -125,10 +125,15 @@ def component_plan(label: str, source: Source) -> list[RepoPlan]:
     For a component a preset leaves out of its plan (``unused_sources()``) until a job asks for it,
     such as SDXL's refiner; empty for a ``tiny:`` repo or a local folder.
     """
-    if source.repo.startswith(TINY_PREFIX) or Path(source.repo).expanduser().is_dir():
+    if not _from_hub(source):
         return []
     patterns, needs = _source_patterns(source, label, True, getattr(source, "filename", None))
     return [RepoPlan(source.repo, source.revision or "main", tuple(patterns), tuple(needs))]
+
+
+def _from_hub(source: Source) -> bool:
+    """Whether ``source`` is downloaded at all: not a ``tiny:`` repo (built locally) nor a local folder."""
+    return not (source.repo.startswith(TINY_PREFIX) or Path(source.repo).expanduser().is_dir())
 
 
 def _sources(section: Any) -> Iterator[tuple[str, Source]]:

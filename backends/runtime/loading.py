@@ -46,6 +46,12 @@ class Source:
     revision: str | None = None
 
 
+def describe_source(source: Source) -> str:
+    """A one-line name for a source, as the families' info JSON shows it."""
+    text = source.repo + (f"/{source.subfolder}" if source.subfolder else "")
+    return text + (f" ({source.variant})" if source.variant else "")
+
+
 @dataclass(frozen=True)
 class LoadContext:
     """Settings from the command line that every loader needs."""

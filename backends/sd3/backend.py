@@ -39,6 +39,7 @@ from backends.runtime.loading import (
     TINY_PREFIX,
     LoadContext,
     Source,
+    describe_source,
     element_size,
     load_pretrained,
     resolve_repo,
@@ -73,12 +74,6 @@ _SHARED = ("vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 def transformer_name(model: str) -> str:
     """The manager name of a model's transformer, e.g. ``sd3.large-turbo.transformer``."""
     return f"sd3.{SHORT_NAMES[model]}.transformer"
-
-
-def describe_source(source: Source) -> str:
-    """A one-line name for a source, as shown in the info JSON."""
-    text = source.repo + (f"/{source.subfolder}" if source.subfolder else "")
-    return text + (f" ({source.variant})" if source.variant else "")
 
 
 @dataclass

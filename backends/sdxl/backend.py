@@ -28,7 +28,7 @@ from PIL import Image
 from backends.runtime import downloads
 from backends.runtime.errors import Cancelled, InputError, UnknownNameError
 from backends.runtime.image_requests import SdImageRequest, SdTextToImageRequest
-from backends.runtime.loading import LoadContext, Source, load_pretrained, torch_dtype
+from backends.runtime.loading import LoadContext, Source, describe_source, load_pretrained, torch_dtype
 from backends.runtime.previews import numbered, stopped_notice
 from backends.runtime.progress import ProgressFn
 from backends.runtime.requests import MAX_PROMPT_CHARS, image_seed
@@ -48,7 +48,6 @@ from backends.sdxl.stages import (
     VAE,
     Prompt,
     Stages,
-    describe_source,
 )
 from backends.sdxl.steps import StepPlan, plan_steps
 

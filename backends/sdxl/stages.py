@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from backends.runtime.loading import Source
 from backends.runtime.progress import ProgressFn
 from backends.sdxl import memory, vae
 from backends.sdxl.pipelines import ImageToImage, Inpaint, TextToImage, inputs_on, make, step_reporter
@@ -40,12 +39,6 @@ VAE = "sdxl.vae"
 BASE = "Base (denoising)"
 REFINER = "Refiner (denoising)"
 DECODE = "VAE (decode)"
-
-
-def describe_source(source: Source) -> str:
-    """A one-line name for a source, as shown in the info JSON."""
-    text = source.repo + (f"/{source.subfolder}" if source.subfolder else "")
-    return text + (f" ({source.variant})" if source.variant else "")
 
 
 @dataclass

@@ -25,7 +25,15 @@ import torch
 from PIL import Image
 
 from backends.runtime.errors import ModelUnavailable, OutOfMemory, StudioError, UnknownNameError
-from backends.runtime.loading import LoadContext, Source, element_size, load_pretrained, torch_dtype, weights_dtype
+from backends.runtime.loading import (
+    LoadContext,
+    Source,
+    describe_source,
+    element_size,
+    load_pretrained,
+    torch_dtype,
+    weights_dtype,
+)
 from backends.runtime.offload import module_bytes
 from backends.runtime.progress import ProgressFn
 from backends.svd.memory import (
@@ -67,12 +75,6 @@ class VideoResult:
     fps: int
     #: JSON-able metadata: parameters, seed, chunk sizes used, sources, timings, notices.
     info: dict[str, Any]
-
-
-def describe_source(source: Source) -> str:
-    """A one-line name for a source, as shown in the info JSON."""
-    text = source.repo + (f"/{source.subfolder}" if source.subfolder else "")
-    return text + (f" ({source.variant})" if source.variant else "")
 
 
 def access_denied(error: BaseException) -> bool:

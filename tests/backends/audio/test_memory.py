@@ -7,9 +7,6 @@ evictions are real even though no bytes move.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
-
 import numpy as np
 import torch
 
@@ -22,6 +19,7 @@ from backends.runtime.offload import module_bytes
 from backends.runtime.probe import GB, FakeProbe
 from backends.runtime.progress import no_progress
 from tests.backends.audio.common import job, tiny_settings
+from tests.backends.recording import Recording
 
 COMPONENTS = (TEXT_ENCODER, PROJECTION, TRANSFORMER, VAE)
 
@@ -70,26 +68,6 @@ def test_a_budget_for_one_stage_at_a_time_completes_with_the_same_samples(audio_
     assert manager.component(TRANSFORMER).loads == 1 and np.array_equal(second.audio, result.audio)
     roomy = backend.run("text_to_audio", job(seed=9), no_progress)
     assert np.array_equal(result.audio, roomy.audio) and torch.equal(result.latents, roomy.latents)
-
-
-class Recording:
-    """Wraps the manager and records each ``use`` with the working memory asked for."""
-
-    def __init__(self, inner: MemoryManager) -> None:
-        self.inner, self.device = inner, inner.device
-        self.events: list[tuple[str, str, int]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @contextlib.contextmanager
-    def use(self, name: str, working: int | Callable[[torch.nn.Module], int] = 0, *,
-            host: bool = False) -> Iterator[torch.nn.Module]:
-        with self.inner.use(name, working, host=host) as module:
-            need = working(module) if callable(working) else working
-            self.events.append(("enter", name, need))
-            yield module
-            self.events.append(("exit", name, need))
 
 
 def test_each_stage_borrows_only_its_components_with_their_estimates(audio_ctx: LoadContext) -> None:

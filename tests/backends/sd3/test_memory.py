@@ -7,9 +7,8 @@ evictions are real even though no bytes move.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from backends.runtime.progress import no_progress
 from backends.sd3 import memory
 from backends.sd3.backend import DENOISE, VAE, Sd3Backend
 from backends.sd3.text import TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3
+from tests.backends.recording import Recording
 from tests.backends.sd3.common import LENGTH, image_job, pixels, text_job, tiny_settings
 
 TRANSFORMER = "sd3.medium.transformer"
@@ -91,26 +91,6 @@ def test_with_room_to_spare_nothing_is_evicted(backend: Sd3Backend) -> None:
     backend.run("sd3_text_to_image", job(), no_progress)
     placements = {s.name: s.placement for s in backend.manager.statuses()}
     assert all(placements[name] == "gpu" for name in (*ENCODERS, TRANSFORMER, VAE))
-
-
-class Recording:
-    """Wraps the manager and records each ``use`` with the working memory asked for."""
-
-    def __init__(self, inner: MemoryManager) -> None:
-        self.inner, self.device = inner, inner.device
-        self.events: list[tuple[str, str, int]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @contextlib.contextmanager
-    def use(self, name: str, working: int | Callable[[torch.nn.Module], int] = 0, *,
-            host: bool = False) -> Iterator[torch.nn.Module]:
-        with self.inner.use(name, working, host=host) as module:
-            need = working(module) if callable(working) else working
-            self.events.append(("enter", name, need))
-            yield module
-            self.events.append(("exit", name, need))
 
 
 def test_each_stage_borrows_only_its_components(sd3_ctx: LoadContext) -> None:
