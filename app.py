@@ -76,6 +76,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                              "running cluster (auto, ray://host:10001); needs requirements-cluster.txt")
     parser.add_argument("--replicas", type=int, default=int(env("STUDIO_REPLICAS")) if env("STUDIO_REPLICAS") else None,
                         help="replicas with --cluster (default: one per GPU; CPU-only: 1)")
+    parser.add_argument("--mcp", action="store_true", default=_env_flag(environ, "STUDIO_MCP", parser),
+                        help="also serve the endpoints as MCP tools at /gradio_api/mcp/ (behind the login)")
     parser.add_argument("--download-only", action="store_true",
                         help="download every file the preset needs, then exit")
     return parser
@@ -224,7 +226,7 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
     """The whole app as ``gr.Blocks``: a header, one tab per module, and the API-only endpoints."""
     import gradio as gr
 
-    from tabs import session, system
+    from tabs import openai_chat, session, system
     from tabs.common import end_jobs_with_the_page
 
     preset = studio.preset
@@ -240,6 +242,8 @@ def build_ui(studio: Any, tabs: Sequence[str] = BUILT_TABS) -> Any:
                     handles[name] = importlib.import_module(f"tabs.{name}").build(studio) or {}
         _wire_send_to(handles, tab_set)
         system.register_api(studio)
+        if "chat" in tabs:  # the queued job behind /v1/chat/completions (tabs/openai_routes.py)
+            openai_chat.register(studio)
         end_jobs_with_the_page(studio, demo)
         session.remember(demo, tab_set, built)
     return demo
@@ -289,8 +293,11 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     ``studio`` lets tests keep the Studio they serve, to arm faults or count loads; the app
     itself always builds its own from ``args``.
     """
+    from starlette.middleware import Middleware
+
     from tabs import keys, queue_wait, web_guard
     from tabs.common import widen_gpu_queue
+    from tabs.openai_routes import OpenAIRoutes
 
     studio = studio if studio is not None else build_studio(args)
     demo = build_ui(studio, args.tabs)
@@ -298,13 +305,15 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     widen_gpu_queue(demo, studio.gpu_slots)  # --cluster: one GPU job per replica at once
     auth = resolve_auth(args)
     # Login on every route, a failed-login throttle, named missing API inputs (tabs/web_guard.py);
-    # then the page's queue-wait route, behind the login like every other (tabs/queue_wait.py).
+    # then the page's queue-wait route and the OpenAI routes, behind the login like every other.
     guards = [*web_guard.middleware(demo, AUTH_MESSAGE, on_cancel=studio.stop_job),
               queue_wait.middleware(studio.queue_wait)]
+    if "chat" in args.tabs:
+        guards.append(Middleware(OpenAIRoutes, studio=studio, blocks=demo))
     _, local_url, share_url = demo.launch(
         server_name=args.host, server_port=args.port, auth=auth, share=args.share,
         allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),
-        max_file_size=MAX_UPLOAD,
+        max_file_size=MAX_UPLOAD, mcp_server=args.mcp,
         prevent_thread_lock=True, quiet=True, auth_message=AUTH_MESSAGE, app_kwargs={"middleware": guards},
         js=keys.SHORTCUTS_JS)  # Ctrl+Enter generates, Esc stops (tabs/keys.py)
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")

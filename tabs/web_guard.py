@@ -12,7 +12,10 @@ Three gaps of ``launch(auth=...)``, each seen on gradio 6.31:
   per client address, with slowapi's limiter, and answers 429 once an address passes
   ``LOGIN_LIMIT``.
 * An API call with fewer inputs than its endpoint takes gets ``{"error": null}``. ``ApiInputCheck``
-  answers such a call with the endpoint's input names, before gradio runs it.
+  (``tabs/api_inputs.py``) answers such a call with the endpoint's input names, before gradio runs it.
+
+Programs log in with an ``Authorization`` header instead of the form's cookie
+(``tabs/credentials.py``); a wrong one counts against the same throttle.
 
 ``app.launch`` hands both to ``gr.Blocks.launch(app_kwargs={"middleware": ...})``. FastAPI builds
 them into the app in front of gradio's routes, so nothing of gradio is patched. Both are plain
@@ -27,7 +30,7 @@ import logging
 import math
 import re
 import time
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any, Callable
 
 from limits import parse
 from slowapi import Limiter
@@ -36,13 +39,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tabs import credentials
+from tabs.api_inputs import API_BODY_LIMIT, ApiInputCheck
+from tabs.asgi import ASGIApp, Message, Receive, Scope, Send, forward, read_body, replay
+
 logger = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Failed logins one client address may make in a moving window. Past it, every login from that
 #: address is refused, right ones too, until the oldest failure leaves the window: otherwise a 200
@@ -68,13 +70,6 @@ API_INFO_SCRIPT = re.compile(rb"(<script>window\.gradio_api_info = ).*?(;</scrip
 #: What the login page gets instead: an empty description, so its client does not fetch /info.
 NO_API_INFO = rb'{"named_endpoints": {}, "unnamed_endpoints": {}}'
 
-#: The raw API routes that take a list of inputs in ``data`` (gradio 6.31 ``routes.py``).
-POSITIONAL_CALL = re.compile(r"/gradio_api/(?:call|run|api)/(?P<name>[^/]+)/?")
-#: ``/call/v2`` takes the inputs by name, as a JSON object.
-KEYWORD_CALL = re.compile(r"/gradio_api/call/v2/(?P<name>[^/]+)/?")
-#: Bodies up to this size are checked. A bigger one (a picture inlined as a data URL) passes to
-#: gradio unread, so the check never holds a second copy of a large body.
-API_BODY_LIMIT = 4 * 1024 * 1024
 
 
 def middleware(blocks: Any, auth_message: str, login_limit: str = LOGIN_LIMIT,
@@ -174,6 +169,8 @@ class LoginRequired:
             await self._login(scope, receive, send)
         elif logged_in(gradio_app, Request(scope)):
             await self.app(scope, receive, send)
+        elif any(key.lower() == b"authorization" for key, _ in scope.get("headers", [])):
+            await self._header_login(scope, receive, send)
         elif method == "GET" and scope["path"] == "/":  # the login form, less what it need not show
             await self.app(scope, receive, without_api_info(send))
         elif is_public(method, scope["path"]):
@@ -181,11 +178,42 @@ class LoginRequired:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
         else:
-            # The body of gradio's own refusal (``login_check``), which its login page and
-            # gradio_client already understand.
-            refusal = JSONResponse({"detail": {"error": "Not authenticated", "auth_message": self.auth_message}},
-                                   status_code=401)
-            await refusal(scope, receive, send)
+            await self._refuse(scope, receive, send)
+
+    async def _header_login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A program's login (``tabs/credentials.py``): throttled and answered like the form's."""
+        address = get_remote_address(Request(scope))
+        try:
+            login = credentials.authorization(scope)
+        except credentials.Malformed as error:
+            await self._refuse(scope, receive, send, f"Not authenticated: {error}")
+            return
+        async with self._one_login_at_a_time:
+            if not self.throttle.allows(address):
+                await self._too_many(scope, receive, send, address)
+                return
+            if login is None or not await credentials.accepts(scope["app"].auth, *login):
+                left = self.throttle.failed(address)
+                logger.info("wrong Authorization header from %s (%d more allowed in the window)", address, left)
+                await self._refuse(scope, receive, send, "Not authenticated: wrong user or password in the "
+                                                          f"Authorization header; {credentials.HOW}")
+                return
+        await self.app(credentials.logged_in_as(scope["app"], scope, login[0]), receive, send)
+
+    async def _too_many(self, scope: Scope, receive: Receive, send: Send, address: str) -> None:
+        wait = self.throttle.retry_after(address)
+        message = f"Too many failed logins from {address}: at most {self.throttle.describe()}. Try again in {wait} s."
+        refusal = JSONResponse({"detail": message}, status_code=429, headers={"Retry-After": str(wait)})
+        await refusal(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: str = "Not authenticated") -> None:
+        """401 in the body of gradio's own refusal (``login_check``), which its page and client understand."""
+        body: dict[str, Any] = {"detail": {"error": error, "auth_message": self.auth_message}}
+        if scope["path"].startswith("/v1/"):  # OpenAI's clients read the message from OpenAI's shape
+            message = error if credentials.HOW in error else f"{error}: {credentials.HOW}"
+            body = {"error": {"message": message, "type": "invalid_request_error",
+                              "param": None, "code": "invalid_api_key"}}
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
     async def _login(self, scope: Scope, receive: Receive, send: Send) -> None:
         address = get_remote_address(Request(scope))
@@ -196,11 +224,7 @@ class LoginRequired:
             return
         async with self._one_login_at_a_time:
             if not self.throttle.allows(address):
-                wait = self.throttle.retry_after(address)
-                message = (f"Too many failed logins from {address}: at most {self.throttle.describe()}. "
-                           f"Try again in {wait} s.")
-                await JSONResponse({"detail": message}, status_code=429,
-                                   headers={"Retry-After": str(wait)})(scope, receive, send)
+                await self._too_many(scope, receive, send, address)
                 return
             status = await forward(self.app, scope, replay(body, receive), send)
             if status == 400:  # gradio 6.31's answer to a wrong user or password
@@ -246,93 +270,6 @@ class CancelStopsJob:
         await self.app(scope, replay(body or b"", receive), send)
 
 
-class ApiInputCheck:
-    """ASGI middleware: an API call that leaves out inputs is answered 422 with their names.
-
-    gradio 6.31 refuses such a call only when it runs, and tells the caller ``{"error": null}``.
-    The names and their order come from the Blocks' API description (``get_api_info``), the one
-    ``/gradio_api/info`` and gradio_client use. Calls that name a function by ``fn_index`` (the
-    browser's) pass unchecked.
-    """
-
-    def __init__(self, app: ASGIApp, blocks: Any) -> None:
-        self.app = app
-        self.blocks = blocks
-        self._inputs: dict[str, list[tuple[str, bool]]] | None = None
-
-    def inputs(self, endpoint: str) -> list[tuple[str, bool]] | None:
-        """``(name, has_default)`` of each input of ``/endpoint``, in order; None for no such endpoint."""
-        if self._inputs is None:  # the description is final once the app serves
-            described = self.blocks.get_api_info(all_endpoints=True)["named_endpoints"]
-            self._inputs = {name: [(p["parameter_name"], bool(p.get("parameter_has_default")))
-                                   for p in info["parameters"]]
-                            for name, info in described.items()}
-        return self._inputs.get(f"/{endpoint}")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        keyword = KEYWORD_CALL.fullmatch(scope["path"])
-        positional = None if keyword else POSITIONAL_CALL.fullmatch(scope["path"])
-        match = keyword or positional
-        length = Request(scope).headers.get("content-length", "")
-        if match is None or not length.isdigit() or int(length) > API_BODY_LIMIT:
-            await self.app(scope, receive, send)
-            return
-        body = await read_body(receive, int(length))
-        if body is None:  # longer than its own Content-Length
-            await JSONResponse({"error": "The body is longer than its Content-Length."},
-                               status_code=400)(scope, receive, send)
-            return
-        problem = self.problem(match["name"], body, keyword=bool(keyword))
-        if problem is None:
-            await self.app(scope, replay(body, receive), send)
-            return
-        logger.info("refused a call of /%s: %s", match["name"], problem)
-        await JSONResponse({"error": problem}, status_code=422)(scope, receive, send)
-
-    def problem(self, endpoint: str, body: bytes, keyword: bool) -> str | None:
-        """What is missing from a call of ``/endpoint``, or None to let gradio handle it."""
-        inputs = self.inputs(endpoint)
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return None  # gradio answers a body that is not JSON itself
-        if inputs is None or not isinstance(payload, dict):
-            return None
-        names = [name for name, _ in inputs]
-        order = f"/{endpoint} takes {_count(len(names), 'input')}, in this order: {', '.join(names) or 'none'}"
-        if keyword:
-            unknown = [key for key in payload if key not in names and key != "oauth_token"]
-            missing = [name for name, has_default in inputs if not has_default and name not in payload]
-            if unknown:
-                return f"{order}; {', '.join(unknown)} {_is_are(unknown)} not among them."
-            if missing:
-                return f"{order}; {', '.join(missing)} {_has_have(missing)} no default and must be given."
-            return None
-        data = payload.get("data")
-        if payload.get("fn_index") is not None or payload.get("batched") or not isinstance(data, list):
-            return None
-        if len(data) >= len(names):
-            return None
-        missing = names[len(data):]
-        return (f"{order}; this call sent {len(data)}, so {', '.join(missing)} {_is_are(missing)} missing. "
-                f"Send every input in \"data\", in that order (gradio_client fills in the defaults).")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def _is_are(items: list[str]) -> str:
-    return "is" if len(items) == 1 else "are"
-
-
-def _has_have(items: list[str]) -> str:
-    return "has" if len(items) == 1 else "have"
-
-
 def without_api_info(send: Send) -> Send:
     """A ``send`` that empties the API description out of the login page, then sends it.
 
@@ -361,47 +298,3 @@ def without_api_info(send: Send) -> Send:
         await send({"type": "http.response.body", "body": body})
 
     return rewrite
-
-
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole request body, or None once it passes ``limit`` bytes (the rest is left unread)."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)  # the client went away; the route sees an empty body
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that hands the route the body already read, then listens for a disconnect."""
-    sent = False
-
-    async def again() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return again
-
-
-async def forward(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> int:
-    """Run ``app`` on the request and return the status code it answered with."""
-    status = 0
-
-    async def watch(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        await send(message)
-
-    await app(scope, receive, watch)
-    return status

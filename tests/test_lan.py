@@ -222,6 +222,25 @@ def test_failed_logins_are_throttled_per_address(launch_app: Callable[..., str],
     tally.add("security", "throttle: parallel guesses", attempts=len(codes), refused=codes.count(429))
 
 
+
+def test_wrong_authorization_headers_count_against_the_same_throttle(launch_app: Callable[..., str],
+                                                                   tally: Any) -> None:
+    """A program's login (``Authorization``) is throttled like the form's: five wrong tries, then 429."""
+    url = launch_app("--listen", "--auth", "alice:s3cret")
+    guesser = next(SOURCES)
+    with from_address(url, guesser) as http:
+        for _ in range(5):
+            refused = http.get("/config", headers={"Authorization": "Bearer alice:guess"})
+            assert refused.status_code == 401 and "wrong user or password" in refused.text
+        for header in ("Bearer alice:guess", "Bearer alice:s3cret"):  # the sixth is not even checked
+            refused = http.get("/config", headers={"Authorization": header})
+            assert refused.status_code == 429 and "Too many failed logins" in refused.text, refused.text
+            tally.add("security", "throttle: sixth header login", attempts=1, refused=1)
+        # The form shares the count: a right password from there waits too.
+        assert http.post("/login", data={"username": "alice", "password": "s3cret"}).status_code == 429
+    with from_address(url) as http:
+        assert http.get("/config", headers={"Authorization": "Bearer alice:s3cret"}).status_code == 200
+
 class FakeGradioApp(Starlette):
     """What ``LoginRequired`` reads of gradio's App: its logins, tokens and cookie name."""
 

@@ -426,6 +426,28 @@ def test_every_route_but_the_login_page_needs_the_login(guarded: Guarded, tally:
         assert "negative_prompt" in session.get("/").text
 
 
+
+def test_programs_log_in_with_an_authorization_header(guarded: Guarded, tally: Any) -> None:
+    """Bearer USER:PASS or HTTP Basic opens every route a cookie does, the queue's included."""
+    import base64
+
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    for header in (f"Bearer {USER}:{PASSWORD}", f"Basic {basic}"):
+        config = httpx.get(f"{guarded.url}config", headers={"Authorization": header}, timeout=30)
+        assert config.status_code == 200 and "dependencies" in config.json()
+        # gradio's own checks (the queue's join) see the caller as logged in as that user.
+        client = Client(guarded.url, headers={"Authorization": header}, verbose=False)
+        assert client.predict(api_name="/status")["preset"] == "tiny"
+    for header in (f"Bearer {USER}:wrong", f"Bearer {PASSWORD}", "Basic not-base64!", f"Token {USER}:{PASSWORD}",
+                   f"Bearer nobody:{PASSWORD}"):
+        # From an address of its own: its five failures must not throttle this module's other logins.
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.77"), timeout=30) as stranger:
+            refused = stranger.get(f"{guarded.url}config", headers={"Authorization": header})
+        assert refused.status_code == 401, (header, refused.text)
+        assert "Authorization: Bearer USER:PASS" in refused.json()["detail"]["error"]
+        assert "dependencies" not in refused.text
+        tally.add("security", "login: wrong Authorization header", attempts=1, refused=1)
+
 def test_raw_api_checks_come_after_the_login(guarded: Guarded) -> None:
     """A stranger's short call is refused for the login, not answered with the endpoint's inputs."""
     response = httpx.post(f"{guarded.url}gradio_api/call/generate_image", json={"data": []}, timeout=30)

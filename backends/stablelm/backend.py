@@ -32,6 +32,7 @@ from backends.stablelm.decode import FusedStableLmStepper, SamplingParams, TextS
 from backends.stablelm.prompt import FittedPrompt, default_system_prompt, fit_prompt, make_format
 from backends.stablelm.requests import MAX_HISTORY_CHARS, ChatRequest
 from backends.stablelm.spec import StableLMSettings
+from backends.stablelm.stops import StopStrings
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ChatStats:
     tokens_per_s: float
     #: Seconds from the start of the prefill to the last token.
     total_s: float
-    #: "stop" (end-of-turn token), "length" (max_new_tokens) or "cancelled" (Stop).
+    #: "stop" (end-of-turn token or a stop string), "length" (max_new_tokens) or "cancelled" (Stop).
     stop_reason: str
     #: The reply budget after fitting (can be lower than the request's max_new_tokens).
     max_new_tokens: int
@@ -203,7 +204,7 @@ class StableLMBackend:
 
             token_stream = TokenStream(stepper, fitted.ids, total, sampling, stop_ids, before_step,
                                        self.manager.device, vocab)
-            text = TextStream(tokenizer)
+            text, stops = TextStream(tokenizer), StopStrings(request.stop)
             started = time.perf_counter()
             first = last = started
             count = 0
@@ -212,20 +213,23 @@ class StableLMBackend:
                 if count == 0:
                     first = last
                 count += 1
-                piece = text.push(token)
+                piece = stops.push(text.push(token))
                 if piece:
                     yield ChatChunk(piece, pending)
                     pending = ()
+                if stops.hit:
+                    break
+        tail = stops.push(text.flush()) + stops.flush()  # a stop string may complete in the last bytes
         decode_s = last - first
         stats = ChatStats(tokens=count, prompt_tokens=len(fitted.ids), first_token_s=first - started,
                           tokens_per_s=(count - 1) / decode_s if count > 1 and decode_s > 0 else 0.0,
-                          total_s=last - started, stop_reason=token_stream.stop_reason,
+                          total_s=last - started, stop_reason="stop" if stops.hit else token_stream.stop_reason,
                           max_new_tokens=total, notices=tuple(fitted.notices),
                           decode_path="fused" if isinstance(stepper, FusedStableLmStepper) else "transformers")
         logger.info("stablelm reply: %d prompt tokens, %d new in %.2f s (%.1f tokens/s, first after %.3f s, %s)",
                     stats.prompt_tokens, count, stats.total_s, stats.tokens_per_s, stats.first_token_s,
                     stats.stop_reason)
-        yield ChatChunk(text.flush(), pending, stats)
+        yield ChatChunk(tail, pending, stats)
 
 
 def context_window(settings: StableLMSettings, ctx: LoadContext) -> int | None:

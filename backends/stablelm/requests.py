@@ -150,15 +150,17 @@ class ChatRequest:
     top_k: int = 0
     #: 1.0 turns the penalty off.
     repetition_penalty: float = 1.0
-    #: Sampling seed; None draws a fresh one. Not part of ``/chat``; tests and scripts use it.
+    #: Sampling seed; None draws a fresh one. Not part of ``/chat``; the OpenAI route and tests use it.
     seed: int | None = None
+    #: Text that ends the reply where it first appears, itself left out (OpenAI's ``stop``).
+    stop: tuple[str, ...] = ()
     #: Oldest history messages dropped here for ``MAX_HISTORY_CHARS`` (reported by the backend).
     dropped_messages: int = 0
 
     @classmethod
     def build(cls, message: Any, history: Any, system_prompt: Any, temperature: Any, top_p: Any,
               max_new_tokens: Any, top_k: Any = 0, repetition_penalty: Any = 1.0,
-              seed: int | None = None) -> "ChatRequest":
+              seed: int | None = None, stop: tuple[str, ...] = ()) -> "ChatRequest":
         """Validate raw inputs, in ``/chat``'s order, into a request.
 
         Raises:
@@ -184,6 +186,8 @@ class ChatRequest:
         top_p_value = parse_float("top_p", top_p, 0.0, 1.0)
         if top_p_value <= 0.0:
             raise InputError("top_p", f"must be greater than 0 and at most 1, got {top_p_value:g}")
+        if not isinstance(stop, tuple) or not all(isinstance(text, str) and text for text in stop):
+            raise InputError("stop", "must be a list of non-empty strings")
         messages, dropped = _cap_history(parse_history(history))
         return cls(
             message=message,
@@ -196,5 +200,6 @@ class ChatRequest:
             repetition_penalty=parse_float("repetition_penalty", repetition_penalty, 1.0,
                                            MAX_REPETITION_PENALTY),
             seed=seed,
+            stop=tuple(stop),
             dropped_messages=dropped,
         )
