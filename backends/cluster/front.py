@@ -90,6 +90,7 @@ def connect(config: ClusterConfig) -> ClusterRunner:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray = _ray()
     from ray import serve
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from backends.cluster.board import NAME, Board
     from backends.cluster.replica import deployment_class
@@ -111,7 +112,12 @@ def connect(config: ClusterConfig) -> ClusterRunner:
     gpus = int(ray.cluster_resources().get("GPU", 0))
     replicas = config.replicas or max(1, gpus)
     per_replica = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    board = ray.remote(Board).options(name=NAME, get_if_exists=True, num_cpus=0).remote()
+    # On the app's own node, which lives as long as the app: a board on a LAN machine that is
+    # switched off would take /status and Stop with it. Restarted should it die anyway; the
+    # replicas' next heartbeats (every 0.5 s) fill it again.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    board = ray.remote(Board).options(name=NAME, get_if_exists=True, num_cpus=0, max_restarts=-1,
+                                      scheduling_strategy=here).remote()
     deployment = serve.deployment(
         deployment_class(), name="StudioReplica", num_replicas=replicas, max_ongoing_requests=1,
         ray_actor_options=per_replica, health_check_timeout_s=HEALTH_S, graceful_shutdown_timeout_s=5)
@@ -227,10 +233,19 @@ class ClusterRunner:
 
     # ----- /status and unload -----------------------------------------------------------------
     def replicas_status(self) -> list[dict[str, Any]]:
-        """Every replica's status from the board (``board.Board.snapshot``)."""
-        import ray
+        """Every replica's status from the board (``board.Board.snapshot``); none while it restarts.
 
-        return ray.get(self.board.snapshot.remote(), timeout=10)
+        The board is restarted should its node die; until the replicas' next heartbeats reach the
+        new one, ``/status`` lists no replicas rather than failing.
+        """
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            return ray.get(self.board.snapshot.remote(), timeout=10)
+        except RayError as error:
+            logger.warning("the cluster's status board did not answer (%s); listing no replicas", type(error).__name__)
+            return []
 
     def unload(self, name: str, replica: str | None = None) -> list[str]:
         """Ask one replica, or every live one, to unload ``name``; the replicas asked."""
