@@ -105,9 +105,11 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         # On a Hugging Face Space the platform proxies the app and decides who may see it (public
         # or private Space); it must bind 0.0.0.0 and has no console to show a password.
         args.host, args.no_auth = "0.0.0.0", not args.auth_pairs
-        if args.preset == "auto" and environ.get("SPACES_ZERO_GPU"):
-            # ZeroGPU has no GPU at start-up to measure; lite matches the README's preload list.
-            args.preset = "lite"
+        from backends.runtime import zerogpu
+
+        if args.preset == "auto" and zerogpu.enabled(environ):
+            # ZeroGPU has no GPU at start-up to measure; zerogpu.SPACE_PRESET says why lite.
+            args.preset = zerogpu.SPACE_PRESET
     if args.host is None:
         args.host = "0.0.0.0" if args.listen else "127.0.0.1"
     return args
@@ -206,19 +208,32 @@ def cache_dir(models_dir: Path | None) -> Path:
 
 
 def build_studio(args: argparse.Namespace) -> Any:
+    """The Studio for ``args``; on ZeroGPU also ``spaces`` first and every model of the preset loaded.
+
+    ZeroGPU (``backends.runtime.zerogpu``): ``spaces`` is imported before the Studio asks torch
+    about CUDA, and the preset's families are loaded and placed on ``cuda`` here, at start-up, as
+    the Spaces docs require, with the device planned from the GPU size rather than read.
+    """
     from backends.families import FAMILIES
+    from backends.runtime import zerogpu
     from backends.runtime.probe import parse_budget_gb
     from backends.runtime.studio import Studio, StudioConfig
 
+    zero_gpu = zerogpu.enabled()
+    if zero_gpu:
+        zerogpu.import_spaces()
     config = StudioConfig(preset=args.preset, vram_budget_bytes=parse_budget_gb(args.vram_budget),
                           models_dir=args.models_dir, outputs_dir=args.outputs,
                           cache_dir=cache_dir(args.models_dir), offline=args.offline,
-                          cluster=getattr(args, "cluster", None), replicas=getattr(args, "replicas", None))
+                          cluster=getattr(args, "cluster", None), replicas=getattr(args, "replicas", None),
+                          zero_gpu=zero_gpu)
     studio = Studio(config, FAMILIES)
     if config.cluster:  # Ray is imported here only: the embedded app never loads it
         from backends.cluster.front import attach
 
         attach(studio)
+    elif zero_gpu and not getattr(args, "download_only", False):
+        studio.preload()
     return studio
 
 

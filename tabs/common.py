@@ -9,7 +9,6 @@ traceback and reported with its type, so the user has something to search for.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -17,6 +16,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from backends.runtime import zerogpu
 from backends.runtime.errors import Cancelled, InputError, StudioError
 from backends.runtime.progress import ProgressFn
 
@@ -155,21 +155,22 @@ def standalone(build: Callable[[Any], None], studio: Any, title: str) -> gr.Bloc
 
 def zero_gpu() -> bool:
     """Whether we run on a Hugging Face ZeroGPU Space (the GPU exists only inside wrapped calls)."""
-    return bool(os.environ.get("SPACES_ZERO_GPU"))
+    return zerogpu.enabled()
 
 
 def on_gpu(handler: Callable[..., T], seconds: Callable[..., int]) -> Callable[..., T]:
     """Wrap a GPU event handler with ``spaces.GPU`` on ZeroGPU; elsewhere return it unchanged.
 
-    ``seconds`` gets the handler's inputs and estimates how long the call holds the GPU: ZeroGPU
-    queues short requests first and cuts a call off at its duration, so the estimate should cover
-    a cold load plus the steps asked for. ``spaces`` is imported only on ZeroGPU.
+    ``seconds`` is called with the handler's own arguments (the Spaces docs' dynamic duration) and
+    estimates how long the call holds the GPU: ZeroGPU gives shorter requests a better place in
+    its queue and cuts a call off at its duration, so the estimate covers the process's start
+    (it receives every preloaded model) plus the steps asked for. Every handler asks for the
+    same ``zerogpu.SPACE_SIZE``, which says why. ``spaces`` is imported only on ZeroGPU.
     """
     if not zero_gpu():
         return handler
-    import spaces  # only installed on Spaces
-
-    return spaces.GPU(duration=seconds)(handler)
+    spaces = zerogpu.import_spaces()
+    return spaces.GPU(duration=seconds, size=zerogpu.SPACE_SIZE.value)(handler)
 
 
 def on_page_load(fn: Callable[[], Any], outputs: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import gradio as gr
+from gradio.data_classes import FileDataDict
 
 from backends.runtime.errors import InputError
 from backends.runtime.image_input import load_image
@@ -107,29 +108,62 @@ def wire(studio: Studio, model: gr.Dropdown, image: gr.File, fields: dict[str, A
         yield from sd.inpaint(studio, [image, mask, prompt, negative_prompt, strength, seed, chosen_model(model)],
                               options, request, progress, {"steps": steps, "guidance": guidance} if on else None)
 
-    def img2img_sd(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any, height: Any, seed: Any,
-                   model: Any, request: gr.Request,
+    def img2img_sd(image: FileDataDict | None, prompt: Any, negative_prompt: Any, strength: Any, width: Any,
+                   height: Any, seed: Any, model: Any, request: gr.Request,
                    progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
-        """img2img with SD3.5 or SDXL (image: gradio_client's handle_file("photo.png"); strength 0-1; width
-        and height 0 follow the picture; model empty for the preset's default); returns gallery and info."""
+        """Redraw a picture to match a prompt (img2img) with SD3.5 or SDXL, keeping as much of it as strength says.
+
+        The picture is scaled to cover the output size and centre-cropped. One image a call; steps and guidance
+        are the chosen model's preset defaults. Runs on this machine's GPU, one job at a time.
+
+        Args:
+            image: the picture: an http(s) URL or a data:image/png;base64,... string (PNG, JPEG or WebP, 32 px+).
+            prompt: what the result should show (must not be empty; text past 4000 characters is cut).
+            negative_prompt: what to steer away from; empty for nothing.
+            strength: 0 to 1, how much is redrawn (0.8 by default); 0 keeps the picture, 1 ignores it.
+            width: output width in pixels, a multiple of 64 from 256 to 2048, or 0 to follow the picture's aspect.
+            height: output height in pixels, a multiple of 64 from 256 to 2048, or 0 to follow the picture's aspect.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+            model: sd3.5-large, sd3.5-large-turbo, sd3.5-medium or sdxl, if this server offers it; "" for its default.
+
+        Returns:
+            The image (a PNG file with its URL) and an info JSON: seed used, model, output size, timings, notices.
+        """
         path = user_errors("img2img", lambda: uploaded_path("image", image))
         yield from sd.img2img(studio, [path, prompt, negative_prompt, strength, width, height, seed, model], {},
                               request, progress)
 
-    def inpaint_api(image: Any, mask: Any, prompt: Any, negative_prompt: Any, strength: Any, seed: Any, model: Any,
-                    request: gr.Request, progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
-        """Inpaint with SD3.5 or SDXL (image and mask: handle_file(...), the mask white where the picture is
-        repainted and of the picture's size; strength 0-1); returns gallery and info."""
+    def inpaint_api(image: FileDataDict | None, mask: FileDataDict | None, prompt: Any, negative_prompt: Any,
+                    strength: Any, seed: Any, model: Any, request: gr.Request,
+                    progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        """Repaint part of a picture (inpainting) with SD3.5 or SDXL: only where the mask is white, to match a prompt.
+
+        The output keeps the picture's size when both sides are multiples of 64 from 256 to 2048, else the nearest
+        such size. Steps and guidance are the chosen model's preset defaults. Runs on this machine's GPU.
+
+        Args:
+            image: the picture: an http(s) URL or a data:image/png;base64,... string (PNG, JPEG or WebP, 32 px+).
+            mask: a URL or data: string as for image, the picture's size: white (opaque, in an RGBA PNG) = repaint.
+            prompt: what the repainted area should show (must not be empty; text past 4000 characters is cut).
+            negative_prompt: what to steer away from; empty for nothing.
+            strength: 0 to 1, how much the masked area is redrawn (0.8 by default); 1 ignores what was there.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+            model: sd3.5-large, sd3.5-large-turbo, sd3.5-medium or sdxl, if this server offers it; "" for its default.
+
+        Returns:
+            The image (a PNG file with its URL) and an info JSON: seed used, model, size, mask share, timings.
+        """
         paths = user_errors("Inpaint", lambda: (uploaded_path("image", image), uploaded_path("mask", mask)))
         yield from sd.inpaint(studio, [paths[0], paths[1], prompt, negative_prompt, strength, seed, model], {},
                               request, progress)
 
     def img2img_seconds(image: Any, prompt: Any, negative: Any, strength: Any, width: Any, height: Any,
                         *_: Any, **__: Any) -> int:
-        return sd.seconds(width, height, 40)
+        size = picture_size(image)
+        return sd.seconds(width or size[0], height or size[1], 40)
 
-    def inpaint_seconds(*_: Any, **__: Any) -> int:
-        return sd.seconds(1024, 1024, 40)
+    def inpaint_seconds(image: Any, *_: Any, **__: Any) -> int:
+        return sd.seconds(*picture_size(image), 40)  # the output keeps the picture's size
 
     sampling = [controls.steps, controls.guidance, *controls.extras]
     events = [
@@ -151,3 +185,20 @@ def wire(studio: Studio, model: gr.Dropdown, image: gr.File, fields: dict[str, A
                      [api_image, api_mask, prompt, negative, api_strength, seed, api_model], outputs, "inpaint"),
     ]
     return events
+
+
+def picture_size(value: Any) -> tuple[int, int]:
+    """The size of an uploaded picture (a path, or gradio's file dict), for a ZeroGPU duration.
+
+    Reads the file's header only. 1024² when there is no readable picture: the handler refuses
+    that input at once, so any duration will do.
+    """
+    from PIL import Image
+
+    path = value.get("path") if isinstance(value, dict) else value
+    try:
+        with Image.open(path) as picture:
+            return picture.size
+    except (OSError, TypeError, ValueError, AttributeError):
+        return 1024, 1024
+

@@ -48,13 +48,16 @@ class MemoryManager:
 
     def __init__(self, probe: MemoryProbe, device: torch.device | str = "cpu",
                  budget_bytes: int | None = None, reserve_bytes: int | None = None,
-                 ram_margin_bytes: int = RAM_MARGIN_BYTES) -> None:
+                 ram_margin_bytes: int = RAM_MARGIN_BYTES, pin_host_copies: bool = True) -> None:
         """Args:
             probe: live memory readings (``SystemProbe`` or ``FakeProbe``).
             device: the compute device.
             budget_bytes: ``--vram-budget``; caps device memory, on the CPU device too.
             reserve_bytes: fixed headroom; default 0.8 GB on CUDA, 0 on CPU (see constants).
             ram_margin_bytes: RAM kept free when deciding to keep an evicted CPU copy.
+            pin_host_copies: page-lock the CPU copies on CUDA when RAM allows. False on ZeroGPU,
+                where the app's own process has no CUDA driver to pin with
+                (``backends.runtime.zerogpu``).
         """
         self.probe = probe
         self.device = torch.device(device)
@@ -63,6 +66,7 @@ class MemoryManager:
             reserve_bytes = CUDA_RESERVE_BYTES if self.device.type == "cuda" else 0
         self.reserve_bytes = reserve_bytes
         self.ram_margin_bytes = ram_margin_bytes
+        self.pin_host_copies = pin_host_copies
         self.faults = FaultInjector()
         self._components: dict[str, Component] = {}
         self._hints: dict[str, int] = {}
@@ -94,12 +98,16 @@ class MemoryManager:
         return self._retried_from
 
     # ----- registration and readings -------------------------------------------------------
-    def register(self, name: str, loader: Callable[[], nn.Module], *, size_hint: int = 0) -> None:
-        """Declare a component; nothing is loaded until its first ``use``. Idempotent."""
+    def register(self, name: str, loader: Callable[[], nn.Module], *, size_hint: int = 0,
+                 host_only: bool = False) -> None:
+        """Declare a component; nothing is loaded until its first ``use``. Idempotent.
+
+        ``host_only``: the backend always uses it from RAM (``use(..., host=True)``).
+        """
         with self._lock:
             if name not in self._components:
                 size = size_hint or self._hints.get(name, 0)
-                self._components[name] = Component(name, loader, size)
+                self._components[name] = Component(name, loader, size, host_only=host_only)
 
     def hint_size(self, name: str, size: int) -> None:
         """Set a component's expected bytes before it loads (for /status and the RAM check).
@@ -307,7 +315,8 @@ class MemoryManager:
         started = time.perf_counter()
         module = comp.loader()
         size = module_bytes(module)
-        pin = self.device.type == "cuda" and raw.ram_free - self.ram_margin_bytes > 2 * size
+        pin = (self.pin_host_copies and self.device.type == "cuda"
+               and raw.ram_free - self.ram_margin_bytes > 2 * size)
         comp.home = TensorHome(module, pin=pin)
         comp.size, comp.placement, comp.loads = size, Placement.CPU, comp.loads + 1
         logger.info("loaded %s: %.1f MB in %.2f s (pinned=%s)", comp.name, size / 2**20,

@@ -53,6 +53,9 @@ class Component:
     in_use: int = 0
     home: TensorHome | None = None
     loads: int = 0  # how often it was read from disk (tests assert reuse)
+    #: Runs from its RAM copy only (``use(..., host=True)``, SD3.5's T5 with ``t5: cpu``), so
+    #: placing it on the device ahead of a job (``Studio.preload``) would only waste the memory.
+    host_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,25 @@ class SystemProbe:
         return MemoryReading(name, total, free, ram.total, ram.available)
 
 
+class FixedDeviceProbe:
+    """Device figures fixed in advance, RAM read live: for a device that cannot be read.
+
+    On a ZeroGPU Space the app's own process has no GPU (``backends.runtime.zerogpu``): pynvml
+    and ``torch.cuda`` must not be asked there. The device is taken as ``total`` bytes, all free;
+    the manager's own accounting (its budget less what it placed) then decides what fits.
+    """
+
+    def __init__(self, name: str, total: int) -> None:
+        if total <= 0:
+            raise ValueError(f"total: must be a positive number of bytes, got {total}")
+        self.name = name
+        self.total = total
+
+    def read(self) -> MemoryReading:
+        ram = psutil.virtual_memory()
+        return MemoryReading(self.name, self.total, self.total, ram.total, ram.available)
+
+
 class FakeProbe:
     """A probe whose numbers tests set directly (attributes are plain and mutable)."""
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from backends.runtime import cpu_dtype, cpu_heap, presets
-from backends.runtime.errors import UnknownNameError
+from backends.runtime import cpu_dtype, cpu_heap, presets, zerogpu
+from backends.runtime.errors import StudioError, UnknownNameError
 from backends.runtime.loading import LoadContext
 from backends.runtime.memory import MemoryManager
 from backends.runtime.outputs import OutputWriter
+from backends.runtime.placement import Placement
 from backends.runtime.probe import MemoryProbe, SystemProbe
 from backends.runtime.progress import JobControl
 from backends.runtime.registry import Registry
@@ -51,6 +52,9 @@ class StudioConfig:
     cluster: str | None = None
     #: ``--replicas``: None is one per GPU (CPU-only: 1).
     replicas: int | None = None
+    #: A ZeroGPU Space (``backends.runtime.zerogpu``): device memory is planned from the GPU size
+    #: the handlers ask for, never read (no pynvml), and host copies are not pinned.
+    zero_gpu: bool = False
 
 
 def _cuda_available() -> bool:
@@ -81,8 +85,11 @@ class Studio:
         cuda = _cuda_available()
         name = config.preset
         if name == "auto":
-            total = SystemProbe(_device("cuda")).read().device_total if cuda else None
-            name = presets.pick_auto(total, schema)
+            if config.zero_gpu:  # no GPU to measure outside a GPU call (app.parse_args picks it too)
+                name = zerogpu.SPACE_PRESET
+            else:
+                total = SystemProbe(_device("cuda")).read().device_total if cuda else None
+                name = presets.pick_auto(total, schema)
             logger.info("preset auto -> %s", name)
         self.preset = presets.load(name, schema)
         wanted = self.preset.settings.device
@@ -101,8 +108,10 @@ class Studio:
         # On the CPU the budget caps RAM: freed activations must leave the process (cpu_heap).
         self.heap_threshold = (cpu_heap.bound_heap()
                                if self.device.type == "cpu" and config.vram_budget_bytes else None)
-        self.manager = MemoryManager(probe or SystemProbe(self.device), self.device,
-                                     budget_bytes=config.vram_budget_bytes)
+        if probe is None:
+            probe = zerogpu.probe() if config.zero_gpu else SystemProbe(self.device)
+        self.manager = MemoryManager(probe, self.device, budget_bytes=config.vram_budget_bytes,
+                                     pin_host_copies=not config.zero_gpu)
         ctx = LoadContext(cache_dir=Path(config.cache_dir), models_dir=config.models_dir,
                           offline=self.offline,
                           tiny=TinyModels(spec.tiny for spec in families if spec.tiny is not None))
@@ -129,6 +138,55 @@ class Studio:
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
+
+    def preload(self, headroom_bytes: int = zerogpu.PRELOAD_HEADROOM_BYTES) -> list[str]:
+        """Load every family of the preset now and place its components on the device, before any request.
+
+        For ZeroGPU, whose docs have models put on ``cuda`` when the Space starts: inside a GPU
+        call loading is much slower, and what a call loads ends with its process
+        (``backends.runtime.zerogpu``). Families come in the registry's order, each component in
+        the order its backend registered it. A component the backend runs from RAM (``host_only``,
+        SD3.5's T5 with ``t5: cpu``) stays there. A component is placed while ``headroom_bytes`` stay
+        free beside it for a job's activations, and is otherwise left in RAM for the manager to
+        upload inside the call; so are the components of a family whose memory mode is
+        ``offload`` or ``sequential``, which the first job would take off the device again. A
+        family whose files or weights cannot be had (a gated repo without a token) is logged and
+        skipped: its first request fails with the same message, and the other tabs serve.
+        Calling it again places what now fits and leaves the rest where it is.
+
+        Returns:
+            The names of the components on the device.
+        """
+        manager = self.manager
+        started = time.perf_counter()
+        placed: list[str] = []
+        in_ram: list[str] = []
+        for family in self.registry.specs:
+            try:
+                self.registry.ensure_files(family)
+                self.registry.backend(family)
+                names = [s.name for s in manager.statuses() if s.name.startswith(f"{family}.")]
+                for name in names:
+                    if manager.component(name).placement is Placement.DISK:
+                        with manager.use(name, host=True):  # read from disk into RAM, device untouched
+                            pass
+            except StudioError as error:
+                logger.warning("preload: %s not loaded: %s", family, error)
+                continue
+            resident = self.registry.settings(family).memory_mode in ("auto", "gpu")
+            for name in names:
+                component = manager.component(name)
+                if component.placement is not Placement.GPU and (component.host_only or not (
+                        resident and component.size + headroom_bytes <= manager.usable_free())):
+                    in_ram.append(name)
+                    continue
+                with manager.use(name):  # stays resident: the memory mode is auto or gpu
+                    pass
+                placed.append(name)
+        on_device = sum(manager.component(name).size for name in placed)
+        logger.info("preloaded %d components (%.2f GB) onto %s in %.1f s; left in RAM: %s", len(placed),
+                    on_device / 1e9, self.device, time.perf_counter() - started, ", ".join(in_ram) or "none")
+        return placed
 
     # ----- Stop buttons: one flag per browser session ------------------------------------------
     def start_job(self, session: str) -> JobControl:

@@ -126,7 +126,7 @@ class Sd3Backend:
         parts += [(transformer_name(m), SD3Transformer2DModel, self._transformer_source(m)) for m in settings.offer]
         parts.append((VAE, AutoencoderKL, settings.vae))
         for name, cls, source in parts:
-            manager.register(name, self._loader(cls, source))
+            manager.register(name, self._loader(cls, source), host_only=name == TEXT_ENCODER_3 and self.t5 == "cpu")
         self._names = [name for name, _, _ in parts]
         bytes_per = torch.finfo(self.dtype).bits // 8
         for model in settings.offer:  # the registry keys sizes by subfolder, which these share
