@@ -310,7 +310,7 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
     """
     from starlette.middleware import Middleware
 
-    from tabs import keys, queue_wait, web_guard
+    from tabs import keys, mcp, queue_wait, web_guard
     from tabs.common import widen_gpu_queue
     from tabs.openai_routes import OpenAIRoutes
 
@@ -331,6 +331,7 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
         max_file_size=MAX_UPLOAD, mcp_server=args.mcp,
         prevent_thread_lock=True, quiet=True, auth_message=AUTH_MESSAGE, app_kwargs={"middleware": guards},
         js=keys.SHORTCUTS_JS)  # Ctrl+Enter generates, Esc stops (tabs/keys.py)
+    mcp.install(demo)  # --mcp: gradio 6.31's MCP gaps (tabs/mcp.py); nothing without the flag
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
     if _exposed(args.host):
         port = demo.server_port

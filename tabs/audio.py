@@ -142,8 +142,22 @@ def build(studio: Studio) -> dict[str, gr.Component]:
 
     def generate_audio(prompt: Any, negative_prompt: Any, seconds: Any, steps: Any, guidance: Any, seed: Any,
                        request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[Any, dict[str, Any]]:
-        """Text to sound with Stable Audio Open: prompt, negative prompt, length in seconds (up to 47),
-        steps, guidance and seed (-1 = random); returns a 44.1 kHz stereo FLAC and the info."""
+        """Text to sound with Stable Audio Open: sound effects, ambiences, loops and short music, not speech.
+
+        Runs on this machine's GPU, one job at a time behind any other; left-out arguments take this server's
+        preset defaults. A bad value is refused, naming the field and its range.
+
+        Args:
+            prompt: the sound, e.g. "rain on a tin roof, distant thunder" or "128 BPM techno drum loop" (not empty).
+            negative_prompt: what to steer away from ("Low quality." is the official default); empty for nothing.
+            seconds: length of the clip in seconds, more than 0 and at most 47.
+            steps: denoising steps, 1 to 500 (the official example uses 200; fewer is faster and rougher).
+            guidance: prompt guidance, 0 to 25 (7 is the official default); 1 or less ignores negative_prompt.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+
+        Returns:
+            The sound (a 44.1 kHz stereo FLAC file URL) and an info JSON: seed used, length, timings, saved files.
+        """
         sound, _, data = generate(studio, [prompt, negative_prompt, seconds, steps, guidance, seed], "flac",
                                   request, progress)
         return sound, data

@@ -308,7 +308,22 @@ def _register_api(studio: Studio, system_default: str) -> None:
     def chat(message: str, history: list[Any], system_prompt: str | None, temperature: float, top_p: float,
              max_new_tokens: float, top_k: float, repetition_penalty: float,
              request: gr.Request) -> Iterator[str]:
-        """Stream the reply to ``message``; each update is the whole reply so far."""
+        """Ask the local StableLM chat model (Stability AI) for a reply; it sees the history given, nothing else.
+
+        The model keeps no memory between calls: send the earlier turns as history. Streams through the
+        gradio API (each update is the whole reply so far); an MCP call returns the finished reply.
+
+        Args:
+            message: the user's new message (not empty; at most 20000 characters).
+            history: earlier turns, oldest first: [{"role": "user" or "assistant", "content": "text"}]; [] for none.
+            system_prompt: instructions for the model's role and tone; empty for none.
+            temperature: sampling temperature, 0 to 2; 0 is greedy (the same reply every time), 0.7 is typical.
+            top_p: nucleus sampling mass, more than 0 and at most 1 (0.95 is typical).
+            max_new_tokens: longest reply in tokens, 1 to 4096; shortened when the model's context window is full.
+
+        Returns:
+            The reply text.
+        """
         shown = 0
         inputs = [message, history, system_prompt, temperature, top_p, max_new_tokens, top_k, repetition_penalty]
         for reply in guarded("Chat", stream_reply(studio, session_of(request), inputs)):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
+from gradio.data_classes import FileDataDict
 
 from backends.cascade.requests import (
     MAX_DECODER_STEPS,
@@ -205,8 +206,18 @@ def restore_notice(name: str, info: dict[str, Any], said: list[str], notes: list
     return text
 
 
-def png_info_api(image: Any) -> dict[str, Any]:
-    """The generation parameters a PNG carries (image: gradio_client's handle_file("photo.png")), as JSON."""
+def png_info_api(image: FileDataDict | None) -> dict[str, Any]:
+    """Read the generation parameters stored in a PNG: this app's own, or AUTOMATIC1111's "parameters" text.
+
+    Reads text chunks only, in milliseconds, outside the GPU queue; the picture itself is not looked at.
+
+    Args:
+        image: the PNG: an http(s) URL or a data:image/png;base64,... string (gradio_client: handle_file("a.png")).
+
+    Returns:
+        JSON: "source" (cascade-studio or a1111) and the /generate_image fields the file has
+        "other" (every other parameter, by the file's own name) and "raw" (the text as stored).
+    """
 
     def read() -> dict[str, Any]:
         path = uploaded_path("image", image)
@@ -305,6 +316,26 @@ def build(studio: Studio) -> dict[str, Any]:
                 decoder_steps: Any, prior_guidance: Any, decoder_guidance: Any, num_images: Any, seed: Any,
                 show_previews: Any, request: gr.Request,
                 progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
+        """Text to image with Stable Cascade: stage C drafts a small latent from the prompt, stage B enlarges it.
+
+        Runs on this machine's GPU, one job at a time behind any other; left-out arguments take this server's
+        preset defaults (each argument's schema default). A bad value is refused, naming the field and its range.
+
+        Args:
+            prompt: what the image shows, in English (must not be empty; text past 4000 characters is cut).
+            negative_prompt: what to steer away from, e.g. "blurry, text"; empty for nothing.
+            width: image width in pixels, a multiple of 128 from 256 to 2048 (1024 is the model's native size).
+            height: image height in pixels, a multiple of 128 from 256 to 2048.
+            prior_steps: stage C denoising steps, 1 to 100 (20 is the official default; more is slower).
+            decoder_steps: stage B denoising steps, 1 to 50 (10 is the official default).
+            prior_guidance: stage C prompt guidance, 0 to 20 (4 is the official default; more follows the prompt).
+            decoder_guidance: stage B guidance, 0 to 20 (0, the default, is fastest).
+            num_images: how many images, 1 to 4; image i is made with seed + i.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+
+        Returns:
+            The images (PNG files, each with its URL) and an info JSON: seed used, timings, model, preset, saved files.
+        """
         values = [prompt, negative_prompt, width, height, prior_steps, decoder_steps, prior_guidance,
                   decoder_guidance, num_images, seed]
         yield from generate(studio, values, show_previews, request, progress)

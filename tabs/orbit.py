@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import gradio as gr
+from gradio.data_classes import FileDataDict
 from PIL import Image
 
 from backends.runtime.studio import Studio
@@ -160,10 +161,26 @@ def build(studio: Studio) -> dict[str, gr.Component]:
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_orbits(studio), None, history, api_visibility="private", queue=False)
 
-    def orbit_api(image: Any, variant: Any, elevation_deg: Any, steps: Any, seed: Any, path: Any,
+    def orbit_api(image: FileDataDict | None, variant: Any, elevation_deg: Any, steps: Any, seed: Any, path: Any,
                   elevation_end_deg: Any, request: gr.Request,
                   progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict[str, Any]]:
-        """Picture to orbit (image: gradio_client's handle_file("object.png")); returns MP4, sheet, info."""
+        """Turn one picture of an object into a 21-view turntable around it with SV3D (Stable Video 3D).
+
+        Best with a single object on a transparent or plain background: the object is centred on white at
+        85 % of the square frame (576 px for SV3D). Runs on this machine's GPU, one job at a time: expect minutes.
+
+        Args:
+            image: the object: an http(s) URL or a data:image/png;base64,... string (a cut-out PNG works best).
+            variant: "p" follows the camera path given by elevation_deg, path and elevation_end_deg; "u" picks its own.
+            elevation_deg: camera elevation of the input view in degrees, -90 to 90 (10 is typical; 0 is level).
+            steps: denoising steps, 1 to 100 (50 in the reference script; fewer is faster and rougher).
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+            path: variant p only: "constant" keeps elevation_deg all round; "sine" swings to elevation_end_deg.
+            elevation_end_deg: variant p, sine path only: elevation in degrees opposite the input view, -90 to 90.
+
+        Returns:
+            The orbit video (an MP4 file URL), a PNG sheet of all 21 views, and an info JSON: seed, camera, timings.
+        """
         upload = user_errors("Orbit generation", lambda: uploaded_path("image", image))
         return generate(studio, [upload, variant, elevation_deg, steps, seed, path, elevation_end_deg], request,
                         progress)

@@ -347,8 +347,26 @@ def wire_text_to_image(studio: Studio, selector: Selector, fields: list[Any], ou
     def generate_image_sd(prompt: Any, negative_prompt: Any, width: Any, height: Any, steps: Any, guidance: Any,
                           num_images: Any, seed: Any, model: Any, request: gr.Request,
                           progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
-        """Text-to-image with SD3.5 or SDXL (model: sd3.5-large, sd3.5-large-turbo, sd3.5-medium, sdxl;
-        empty for the preset's default); returns the gallery and the info."""
+        """Text to image with Stable Diffusion 3.5 (Large, Large Turbo, Medium) or SDXL, Stability AI's SD models.
+
+        Runs on this machine's GPU, one job at a time behind any other; left-out arguments take this server's
+        preset defaults. Typical steps and guidance: sd3.5-large 28 and 3.5, sd3.5-large-turbo 4 and 0,
+        sd3.5-medium 40 and 4.5, sdxl 30 and 5. A bad value is refused, naming the field and its range.
+
+        Args:
+            prompt: what the image shows, in English (must not be empty; text past 4000 characters is cut).
+            negative_prompt: what to steer away from, e.g. "blurry, text"; empty for nothing.
+            width: image width in pixels, a multiple of 64 from 256 to 2048 (1024 is the models' native size).
+            height: image height in pixels, a multiple of 64 from 256 to 2048.
+            steps: denoising steps, 1 to 150 (see the typical values above).
+            guidance: prompt guidance, 0 to 30; 1 or less runs one pass a step (turbo models want 0).
+            num_images: how many images, 1 to 4; image i is made with seed + i.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+            model: sd3.5-large, sd3.5-large-turbo, sd3.5-medium or sdxl, if this server offers it; "" for its default.
+
+        Returns:
+            The images (PNG files, each with its URL) and an info JSON: seed used, model, timings, saved files.
+        """
         values = [prompt, negative_prompt, width, height, steps, guidance, num_images, seed, model]
         yield from generate(studio, values, {}, request, progress)
 

@@ -46,12 +46,27 @@ EVERY_REPLICA = "every replica"
 def register_api(studio: Studio) -> None:
     """Add the ``/status`` and ``/unload`` endpoints (call inside a ``gr.Blocks``)."""
 
-    def status() -> dict:
-        """Device, live memory (budget applied), preset and every component's placement."""
+    def status() -> dict[str, Any]:
+        """What this machine runs on and which models are loaded where; reads only, takes milliseconds.
+
+        Returns:
+            JSON: device (GPU name or "cpu"), vram_total and vram_free and ram_total and ram_free (bytes, live)
+            preset, budget (bytes or null), dtypes by model family, and models: one entry per model component
+            with name, placement (gpu, cpu, disk or offload), bytes and last_used (Unix time, null if never).
+        """
         return user_errors("Status", studio.status)
 
-    def unload(name: str) -> dict:
-        """Drop a component (``cascade.prior``), a backend (``cascade``) or ``all`` from memory."""
+    def unload(name: str) -> dict[str, Any]:
+        """Free memory: move models off the GPU and out of RAM; the next job that needs them loads them again.
+
+        Waits for a running job to finish first. Use it to make room for another program on the GPU.
+
+        Args:
+            name: a component from status's models (e.g. "cascade.prior"), a family ("cascade"), or "all".
+
+        Returns:
+            The status JSON after the unload (see the status tool).
+        """
         return user_errors("Unload", lambda: unload_named(studio, name))
 
     gr.api(status, api_name="status", concurrency_limit=None)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
+from gradio.data_classes import FileDataDict
 from PIL import Image
 
 from backends.cascade.requests import (
@@ -265,18 +266,50 @@ def build(studio: Studio) -> dict[str, Any]:
 
     # The public endpoints read the picture from a hidden JSON input (tabs.common explains why)
     # and run without previews.
-    def image_variation(image: Any, prompt: Any, negative_prompt: Any, width: Any, height: Any,
+    def image_variation(image: FileDataDict | None, prompt: Any, negative_prompt: Any, width: Any, height: Any,
                         num_images: Any, seed: Any, request: gr.Request,
                         progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
-        """Variations of a picture (image: gradio_client's handle_file("photo.png")); returns gallery and info."""
+        """New images like a given picture, with Stable Cascade: the picture's look (CLIP embedding) guides stage C.
+
+        The result shares the picture's subject and style, not its layout; an optional prompt steers it. Runs
+        on this machine's GPU, one job at a time; steps and guidance are the server preset's.
+
+        Args:
+            image: the picture: an http(s) URL or a data:image/png;base64,... string (PNG, JPEG or WebP, 32 px+).
+            prompt: optional text that steers the variations (text past 4000 characters is cut).
+            negative_prompt: what to steer away from; empty for nothing.
+            width: output width in pixels, a multiple of 128 from 256 to 2048, or 0 to follow the picture's aspect.
+            height: output height in pixels, a multiple of 128 from 256 to 2048, or 0 to follow the picture's aspect.
+            num_images: how many variations, 1 to 4; variation i is made with seed + i.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+
+        Returns:
+            The images (PNG files, each with its URL) and an info JSON: seed used, output size, timings, notices.
+        """
         path = user_errors("Image variation", lambda: uploaded_path("image", image))
         yield from variation(studio, [path, prompt, negative_prompt, width, height, num_images, seed], False,
                              request, progress)
 
-    def img2img_api(image: Any, prompt: Any, negative_prompt: Any, strength: Any, width: Any, height: Any,
-                    seed: Any, request: gr.Request,
+    def img2img_api(image: FileDataDict | None, prompt: Any, negative_prompt: Any, strength: Any, width: Any,
+                    height: Any, seed: Any, request: gr.Request,
                     progress: gr.Progress = gr.Progress()) -> Iterator[tuple[Any, Any]]:
-        """img2img from a picture (image: gradio_client's handle_file("photo.png")); returns gallery and info."""
+        """Redraw a picture to match a prompt (img2img) with Stable Cascade, keeping as much of it as strength says.
+
+        The picture is scaled to cover the output size and centre-cropped (the info says how much was cut).
+        One image a call; steps and guidance are the server preset's. Runs on this machine's GPU, one job at a time.
+
+        Args:
+            image: the picture: an http(s) URL or a data:image/png;base64,... string (PNG, JPEG or WebP, 32 px+).
+            prompt: what the result should show (text past 4000 characters is cut).
+            negative_prompt: what to steer away from; empty for nothing.
+            strength: 0 to 1, how much is redrawn (0.8 is the official default); 0 keeps the picture, 1 ignores it.
+            width: output width in pixels, a multiple of 128 from 256 to 2048, or 0 to follow the picture's aspect.
+            height: output height in pixels, a multiple of 128 from 256 to 2048, or 0 to follow the picture's aspect.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+
+        Returns:
+            The image (a PNG file with its URL) and an info JSON: seed used, output size, timings, notices.
+        """
         path = user_errors("img2img", lambda: uploaded_path("image", image))
         yield from img2img(studio, [path, prompt, negative_prompt, strength, width, height, seed], False,
                            request, progress)

@@ -29,6 +29,7 @@ import logging
 from typing import Any
 
 import gradio as gr
+from gradio.data_classes import FileDataDict
 from PIL import Image
 
 from backends.runtime.errors import InputError
@@ -218,10 +219,29 @@ def build(studio: Studio) -> dict[str, gr.Component]:
     event.then(lambda data: (data or {}).get("seed"), info, last_seed, api_visibility="private", queue=False)
     event.then(lambda: recent_videos(studio), None, history, api_visibility="private", queue=False)
 
-    def generate_video_api(image: Any, num_frames: Any, fps: Any, motion_bucket_id: Any, noise_aug_strength: Any,
-                           steps: Any, decode_chunk_size: Any, seed: Any, fit: str, gif: bool, request: gr.Request,
+    def generate_video_api(image: FileDataDict | None, num_frames: Any, fps: Any, motion_bucket_id: Any,
+                           noise_aug_strength: Any, steps: Any, decode_chunk_size: Any, seed: Any, fit: str,
+                           gif: bool, request: gr.Request,
                            progress: gr.Progress = gr.Progress()) -> tuple[str, dict[str, Any]]:
-        """Image to video (image: gradio_client's handle_file("photo.png")); returns the MP4 and the info."""
+        """Animate a still picture into a short silent video clip with Stable Video Diffusion (image to video).
+
+        The picture is the first frame; the model invents the motion (no prompt). Landscape and square pictures
+        are cropped to the model's landscape size (1024x576 for SVD), portrait ones to its portrait size. Runs on
+        this machine's GPU, one job at a time: expect minutes for 25 frames at full size.
+
+        Args:
+            image: the first frame: an http(s) URL or a data:image/png;base64,... string (PNG, JPEG or WebP, 64 px+).
+            num_frames: frames to generate, 1 to 50 (SVD is trained on 14, SVD-XT on 25).
+            fps: frames per second of the MP4, 5 to 30; also tells the model how fast things move.
+            motion_bucket_id: how much motion, 1 to 255 (127 is the official default; more is livelier).
+            noise_aug_strength: noise added to the picture, 0 to 1 (0.02 is typical); more motion, less likeness.
+            steps: denoising steps, 1 to 100 (25 for SVD, 30 for SVD-XT officially).
+            decode_chunk_size: frames decoded at once, 0 to num_frames; 0 picks it from free GPU memory.
+            seed: 0 to 4294967295 for a repeatable result, or -1 for a random seed (the info gives the one used).
+
+        Returns:
+            The video (an H.264 MP4 file URL) and an info JSON: seed used, frames, fps, size, timings, saved files.
+        """
         path = user_errors("Video generation", lambda: uploaded_path("image", image))
         inputs = [path, num_frames, fps, motion_bucket_id, noise_aug_strength, steps, decode_chunk_size, seed]
         return generate(studio, inputs, fit, gif, request, progress)
