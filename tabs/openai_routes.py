@@ -33,6 +33,8 @@ PREFIX = "/v1/"
 #: A chat request is text; a bigger body is refused before it is parsed.
 BODY_LIMIT = 4 * 1024 * 1024
 _END = object()
+#: How often a non-streamed request looks whether its client is still there.
+DISCONNECT_POLL_S = 0.25
 
 
 class OpenAIRoutes:
@@ -83,12 +85,19 @@ class OpenAIRoutes:
         if wanted.stream:
             return StreamingResponse(self._events(job, wanted), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        final = asyncio.ensure_future(self._next(job, wanted, finish=True))
         try:
-            final = await self._next(job, wanted, finish=True)
+            while not final.done():  # a client that gives up waiting stops the reply, as a dropped stream does
+                await asyncio.wait({final}, timeout=DISCONNECT_POLL_S)
+                if not final.done() and await request.is_disconnected():
+                    self.stop(job, wanted)
+                    final.cancel()  # its thread ends with the job; nothing waits for it now
+                    raise OpenAIError("The client went away; the reply was stopped.", status=499)
         except asyncio.CancelledError:
             self.stop(job, wanted)
             raise
-        return JSONResponse(completion(wanted, final["text"], final["stats"]))
+        answer = final.result()
+        return JSONResponse(completion(wanted, answer["text"], answer["stats"]))
 
     def _submit(self, app: Any, wanted: Completion) -> Any:
         with self._client_lock:
@@ -146,10 +155,22 @@ class OpenAIRoutes:
         return update
 
     def stop(self, job: Any, wanted: Completion) -> None:
-        """Stop the reply at its next token and leave the queue (the client went away)."""
+        """Stop the reply at its next token and leave the queue (the client went away).
+
+        The Stop flag ends a running reply; gradio's cancel takes one still waiting off the queue.
+        gradio_client cancels with a blocking HTTP call to this same server, so it runs in a
+        thread: on the event loop it would wait for an answer the loop can no longer give.
+        """
         if self.studio.stop_job(wanted.job):
             logger.info("OpenAI client went away: its reply %s… stops at the next token", wanted.job[7:15])
+        threading.Thread(target=_cancel, args=(job,), name=f"cancel-{wanted.job[7:15]}", daemon=True).start()
+
+
+def _cancel(job: Any) -> None:
+    try:
         job.cancel()
+    except Exception as error:  # noqa: BLE001 - the job may have ended meanwhile; nothing is lost
+        logger.info("cancelling a finished OpenAI job: %s", error)
 
 
 def _failure(error: BaseException) -> OpenAIError:

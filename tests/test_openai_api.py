@@ -169,3 +169,56 @@ def test_a_dropped_stream_ends_the_generation(served: Served, monkeypatch: pytes
         time.sleep(0.05)
     assert not any(s.startswith("openai-") for s in served.studio.running_sessions())
     assert served.ask("still there?", temperature=0, max_tokens=4).choices[0].message.content is not None
+
+
+def test_a_client_that_gives_up_on_a_plain_reply_stops_it(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = served.studio.registry
+    real_stream, seen = registry.stream, {"chunks": 0, "ended": threading.Event()}
+
+    def counting(family: str, request: Any, progress: Any) -> Iterator[Any]:
+        try:
+            for chunk in real_stream(family, request, progress):
+                seen["chunks"] += 1
+                yield chunk
+        finally:
+            seen["ended"].set()
+
+    monkeypatch.setattr(registry, "stream", counting)
+    served.ask("Tell me a very long story", temperature=0, max_tokens=4000)
+    whole, seen["chunks"] = seen["chunks"], 0
+    seen["ended"].clear()
+    body = {"model": served.model, "max_tokens": 4000, "temperature": 0,
+            "messages": [{"role": "system", "content": SYSTEM},
+                         {"role": "user", "content": "Tell me a very long story"}]}
+    with pytest.raises(httpx.ReadTimeout):  # the client stops waiting after a moment
+        httpx.post(f"{served.url}/v1/chat/completions", json=body, auth=LOGIN, timeout=httpx.Timeout(60, read=0.3))
+    assert seen["ended"].wait(15), "the reply ran on after its client went away"
+    assert seen["chunks"] < whole, f"{seen['chunks']} of the whole reply's {whole} pieces were generated"
+
+
+def test_a_request_dropped_while_it_waits_in_the_queue_never_runs(served: Served,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = served.studio.registry
+    real_stream, started = registry.stream, []
+
+    def counting(family: str, request: Any, progress: Any) -> Iterator[Any]:
+        started.append(request.message)
+        for chunk in real_stream(family, request, progress):
+            if request.message == "a slow story":  # holds the GPU queue for seconds, however fast the CPU
+                time.sleep(0.02)
+            yield chunk
+
+    monkeypatch.setattr(registry, "stream", counting)
+    tab = Client(served.url, auth=LOGIN, verbose=False)
+    busy = tab.submit("a slow story", [], SYSTEM, 0, 1.0, 4000, api_name="/chat")
+    deadline = time.monotonic() + 30
+    while not started and time.monotonic() < deadline:  # the GPU queue's one slot is taken
+        time.sleep(0.02)
+    body = {"model": served.model, "max_tokens": 8, "messages": [{"role": "user", "content": "waiting my turn"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{served.url}/v1/chat/completions", json=body, auth=LOGIN, timeout=httpx.Timeout(60, read=0.5))
+    time.sleep(1)  # the route notices the client is gone and takes the request off the queue
+    assert not busy.done(), "the slow story ended before the test could drop the waiting request"
+    busy.cancel()
+    assert served.ask("after", temperature=0, max_tokens=4).choices[0].message.content is not None
+    assert started[0] == "a slow story" and "waiting my turn" not in started, started
