@@ -14,6 +14,7 @@
 #              against ours resident and stock enable_model_cpu_offload)
 #   switching  Image -> Video -> Image under a one-family budget: time to restore the prior
 #   chat       our decode loop against generate() on the 1.6B shape
+#   audio      Stable Audio Open, ours against StableAudioPipeline (10 s of sound, 20 steps)
 #   compile    regional torch.compile of the prior's and decoder's blocks
 #
 # Needs (bench/README.md): bash, coreutils `timeout`, and a Python with requirements.txt and a CUDA
@@ -57,9 +58,10 @@ DEADLINE=$((SECONDS + TOTAL_S - MERGE_S))
 STEPS=(
   "never_oom|270|--scenarios never_oom"
   "image|90|--scenarios image_resident,image_offload --vram-budget 8,12 --runs 3 --warmup 1"
-  "switching|45|--scenarios switching --runs 3 --warmup 1"
+  "switching|35|--scenarios switching --runs 3 --warmup 1"
   "chat|35|--scenarios chat --runs 3 --warmup 1 --tokens 128"
-  "compile|70|--scenarios compile --runs 3 --warmup 1"
+  "audio|30|--scenarios audio --runs 2 --warmup 1"
+  "compile|50|--scenarios compile --runs 3 --warmup 1"
 )
 
 step() {  # step NAME LIMIT ARGS...: one `python -m bench` run under a time limit
@@ -88,7 +90,7 @@ if [ "$DRY" = 1 ]; then
   echo "gpu_check --dry-run: now the same scenarios once, tiny models on the CPU"
   # shellcheck disable=SC2086
   step dry_run 300 --device cpu --size tiny --quick \
-    --scenarios never_oom,image_resident,image_offload,switching,chat,compile
+    --scenarios never_oom,image_resident,image_offload,switching,chat,audio,compile
 else
   if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"; then
     echo "gpu_check: $PYTHON has no CUDA device (torch.cuda.is_available() is False); use --dry-run" >&2

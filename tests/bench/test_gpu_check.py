@@ -23,12 +23,13 @@ def test_dry_run_prints_the_gpu_commands_and_writes_the_json_and_the_table(tiny_
     done = subprocess.run(["bash", str(SCRIPT), str(out), "--dry-run"], capture_output=True, text=True,
                           timeout=240, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    for scenario in ("never_oom", "image_resident,image_offload --vram-budget 8,12", "switching", "chat", "compile"):
+    for scenario in ("never_oom", "image_resident,image_offload --vram-budget 8,12", "switching", "chat", "audio",
+                     "compile"):
         assert f"--device cuda --size real --scenarios {scenario}" in done.stdout
     assert "wrote" in done.stdout
     results = json.loads((out / "gpu.json").read_text())
     assert set(results["scenarios"]) == {"never_oom", "image_resident", "image_offload", "switching", "chat",
-                                         "compile"}
+                                         "audio", "compile"}
     assert results["steps"]["dry_run"]["rc"] == 0 and results["steps"]["dry_run"]["timed_out"] is False
     assert results["meta"]["size"] == "tiny"
     table = (out / "gpu.md").read_text()
