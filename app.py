@@ -333,6 +333,8 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
         js=keys.SHORTCUTS_JS)  # Ctrl+Enter generates, Esc stops (tabs/keys.py)
     mcp.install(demo)  # --mcp: gradio 6.31's MCP gaps (tabs/mcp.py); nothing without the flag
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
+    if "chat" in args.tabs:
+        logger.info("OpenAI-compatible chat at %sv1 (api_key: any without a login, else USER:PASS)", local_url)
     if _exposed(args.host):
         port = demo.server_port
         addresses = lan_addresses() if args.host == "0.0.0.0" else [args.host]

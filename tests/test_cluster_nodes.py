@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 from gradio_client import Client
 
-from tests.serving import serve_tiny
 from tests.test_cluster import IMAGE, SYSTEM, replicas, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,32 +91,61 @@ def test_a_wrong_ray_token_is_refused_at_start_up_with_how_to_fix_it(
     assert "ray get-auth-token" in done.stderr and "RAY_AUTH_TOKEN" in done.stderr
 
 
-def test_two_replicas_on_two_nodes_serve_and_outlive_one_node(
-        two_nodes: tuple[dict[str, str], str, Any], models_dir: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    env, address, worker = two_nodes
-    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # the app's machine holds the cluster's token
-        monkeypatch.setenv(name, env[name])
-    with serve_tiny(models_dir, tmp_path, "--cluster", address, "--replicas", "2") as (studio, url):
-        try:
-            client = Client(url, verbose=False)
-            listed = wait_for(lambda: [r for r in replicas(client) if r["state"] == "live"][1:] and replicas(client),
-                              "both replicas live")
-            assert len({r["node_id"] for r in listed}) == 2, listed  # one on each node
-            busy = client.submit("Write a long poem about the sea", [], SYSTEM, 0, 1.0, 1500, api_name="/chat")
-            image = client.predict(*IMAGE.values(), api_name="/generate_image")  # on the other replica
-            assert image[0] and image[1]["replica"]["name"] != ""
-            assert busy.result(timeout=300)
-            used = {image[1]["replica"]["node"]} | {r["node"] for r in listed}
-            assert used  # node addresses are reported (both nodes share 127.0.0.1 here)
+@contextlib.contextmanager
+def app_process(env: dict[str, str], *argv: str) -> Iterator[str]:
+    """``app.py`` in a process of its own, as a user starts it; yields its URL, then stops it.
 
-            os.killpg(worker.pid, signal.SIGKILL)  # the second machine goes away
-            wait_for(lambda: nodes_alive(env, address) == 1, "Ray noticing the lost node", 120)
-            for seed in (1, 2):  # every job still completes, on the head's replica
-                again = client.predict(*dict(IMAGE, seed=seed).values(), api_name="/generate_image")
-                assert again[1]["seed"] == seed
-            assert client.predict("still there?", [], SYSTEM, 0, 1.0, 8, api_name="/chat")
-            alive = [r for r in replicas(client) if r["state"] == "live"]
-            assert len(alive) == 1 and alive[0]["node_id"] in {r["node_id"] for r in listed}
-        finally:
-            studio.close()
+    Not in this process: Ray reads its token once per process, and an earlier module's local
+    cluster may already have set the one it holds.
+    """
+    port = free_port()
+    started = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *argv], cwd=ROOT,
+                               env=dict(env, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        def up() -> bool:
+            assert started.poll() is None, f"app.py exited: {started.stderr.read()[-3000:] if started.stderr else ''}"
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}config", timeout=5).status_code == 200
+            return False
+
+        wait_for(up, "the app serving", 240)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(started.pid, signal.SIGINT)  # as Ctrl+C: the app takes its deployment down
+        try:
+            started.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(started.pid, signal.SIGKILL)
+            started.wait(timeout=30)
+
+
+def test_two_replicas_on_two_nodes_serve_and_outlive_one_node(
+        two_nodes: tuple[dict[str, str], str, Any], models_dir: Path, tmp_path: Path) -> None:
+    env, address, worker = two_nodes
+    argv = ("--preset", "tiny", "--models-dir", str(models_dir), "--outputs", str(tmp_path), "--cluster", address,
+            "--replicas", "2")
+    with app_process(env, *argv) as url:  # the app's machine holds the cluster's token (env)
+        client = Client(url, verbose=False)
+        listed = wait_for(lambda: [r for r in replicas(client) if r["state"] == "live"][1:] and replicas(client),
+                          "both replicas live")
+        assert len({r["node_id"] for r in listed}) == 2, listed  # one on each node
+        busy = client.submit("Write a long poem about the sea", [], SYSTEM, 0, 1.0, 1500, api_name="/chat")
+        chatting = wait_for(lambda: [r["name"] for r in replicas(client) if r["jobs"]], "the chat on a replica")
+        image = client.predict(*IMAGE.values(), api_name="/generate_image")
+        assert image[0] and image[1]["replica"]["name"] not in chatting  # the other node's replica took it
+        assert busy.result(timeout=300)
+
+        os.killpg(worker.pid, signal.SIGKILL)  # the second machine goes away
+        wait_for(lambda: nodes_alive(env, address) == 1, "Ray noticing the lost node", 120)
+        for seed in (1, 2):  # every job still completes, on the head's replica
+            again = client.predict(*dict(IMAGE, seed=seed).values(), api_name="/generate_image")
+            assert again[1]["seed"] == seed
+        assert client.predict("still there?", [], SYSTEM, 0, 1.0, 8, api_name="/chat")
+        def live() -> list[dict[str, Any]]:
+            return [r for r in replicas(client) if r["state"] == "live"]
+
+        left = wait_for(lambda: len(live()) == 1 and live(), "the lost node's replica shown as unreachable")
+        assert left[0]["node_id"] in {r["node_id"] for r in listed}
