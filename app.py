@@ -325,12 +325,18 @@ def launch(args: argparse.Namespace, prevent_thread_lock: bool = False,
               queue_wait.middleware(studio.queue_wait)]
     if "chat" in args.tabs:
         guards.append(Middleware(OpenAIRoutes, studio=studio, blocks=demo))
-    _, local_url, share_url = demo.launch(
-        server_name=args.host, server_port=args.port, auth=auth, share=args.share,
-        allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),
-        max_file_size=MAX_UPLOAD, mcp_server=args.mcp,
-        prevent_thread_lock=True, quiet=True, auth_message=AUTH_MESSAGE, app_kwargs={"middleware": guards},
-        js=keys.SHORTCUTS_JS)  # Ctrl+Enter generates, Esc stops (tabs/keys.py)
+    try:
+        _, local_url, share_url = demo.launch(
+            server_name=args.host, server_port=args.port, auth=auth, share=args.share,
+            allowed_paths=[str(Path(args.outputs).resolve())], blocked_paths=private_paths(args),
+            max_file_size=MAX_UPLOAD, mcp_server=args.mcp,
+            prevent_thread_lock=True, quiet=True, auth_message=AUTH_MESSAGE, app_kwargs={"middleware": guards},
+            js=keys.SHORTCUTS_JS)  # Ctrl+Enter generates, Esc stops (tabs/keys.py)
+    except Exception:
+        # gradio 6.31 checks the page after its server started (``networking.url_ok``) and raises
+        # when that check fails, leaving the server listening on the port: close it.
+        demo.close()
+        raise
     mcp.install(demo)  # --mcp: gradio 6.31's MCP gaps (tabs/mcp.py); nothing without the flag
     logger.info("Cascade Studio is running at %s%s", local_url, f" (share: {share_url})" if share_url else "")
     if "chat" in args.tabs:

@@ -114,10 +114,12 @@ def test_chat_streams_and_equals_the_in_process_reply(cluster: tuple[Any, Client
 def test_stop_ends_a_streaming_chat_on_its_replica(cluster: tuple[Any, Client, Path]) -> None:
     _, client, _ = cluster
     job = client.submit("Write a very long story about the sea", [], SYSTEM, 0.7, 0.95, 2000, api_name="/chat")
-    busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the chat running on a replica")[0]
+    # Streaming has begun: a replica runs the chat. (Polling /status for it could miss a reply that
+    # ends between two heartbeats on a fast machine.)
+    wait_for(lambda: job.outputs(), "the first words of the chat", 120)
     job.cancel()
-    wait_for(lambda: not any(r["jobs"] for r in replicas(client) if r["name"] == busy["name"]),
-             "the replica's chat ended after Stop", 30)
+    wait_for(lambda: job.done(), "the chat ending after Stop", 30)
+    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle after Stop", 30)
     assert client.predict("Hello", [], SYSTEM, 0, 1.0, 8, api_name="/chat")
 
 
