@@ -138,7 +138,8 @@ def test_without_the_login_both_routes_are_refused(served: Served) -> None:
         assert basic.status_code == 200 and basic.json()["data"][0]["id"] == served.model
 
 
-def test_a_dropped_stream_ends_the_generation(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+def count_pieces(served: Served, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Count the pieces every reply generates, and flag ``ended`` when its stream ends."""
     registry = served.studio.registry
     real_stream, seen = registry.stream, {"chunks": 0, "ended": threading.Event()}
 
@@ -151,6 +152,11 @@ def test_a_dropped_stream_ends_the_generation(served: Served, monkeypatch: pytes
             seen["ended"].set()
 
     monkeypatch.setattr(registry, "stream", counting)
+    return seen
+
+
+def test_a_dropped_stream_ends_the_generation(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = count_pieces(served, monkeypatch)
     # The whole reply first (greedy, so the dropped one would be the same): as long as the tiny
     # model's 1,024-token window allows.
     full = served.ask("Tell me a very long story", temperature=0, max_tokens=4000)
@@ -172,18 +178,7 @@ def test_a_dropped_stream_ends_the_generation(served: Served, monkeypatch: pytes
 
 
 def test_a_client_that_gives_up_on_a_plain_reply_stops_it(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    registry = served.studio.registry
-    real_stream, seen = registry.stream, {"chunks": 0, "ended": threading.Event()}
-
-    def counting(family: str, request: Any, progress: Any) -> Iterator[Any]:
-        try:
-            for chunk in real_stream(family, request, progress):
-                seen["chunks"] += 1
-                yield chunk
-        finally:
-            seen["ended"].set()
-
-    monkeypatch.setattr(registry, "stream", counting)
+    seen = count_pieces(served, monkeypatch)
     served.ask("Tell me a very long story", temperature=0, max_tokens=4000)
     whole, seen["chunks"] = seen["chunks"], 0
     seen["ended"].clear()
