@@ -153,11 +153,6 @@ def standalone(build: Callable[[Any], None], studio: Any, title: str) -> gr.Bloc
     return blocks
 
 
-def zero_gpu() -> bool:
-    """Whether we run on a Hugging Face ZeroGPU Space (the GPU exists only inside wrapped calls)."""
-    return zerogpu.enabled()
-
-
 def on_gpu(handler: Callable[..., T], seconds: Callable[..., int]) -> Callable[..., T]:
     """Wrap a GPU event handler with ``spaces.GPU`` on ZeroGPU; elsewhere return it unchanged.
 
@@ -167,7 +162,7 @@ def on_gpu(handler: Callable[..., T], seconds: Callable[..., int]) -> Callable[.
     (it receives every preloaded model) plus the steps asked for. Every handler asks for the
     same ``zerogpu.SPACE_SIZE``, which says why. ``spaces`` is imported only on ZeroGPU.
     """
-    if not zero_gpu():
+    if not zerogpu.enabled():
         return handler
     spaces = zerogpu.import_spaces()
     return spaces.GPU(duration=seconds, size=zerogpu.SPACE_SIZE.value)(handler)
