@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import psutil
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
@@ -148,6 +149,7 @@ def test_status_lists_both_replicas_and_unload_reaches_them(cluster: tuple[Any, 
     for entry in found:
         assert {"name", "node", "pid", "device", "vram_total", "vram_free", "models"} <= set(entry)
         assert entry["device"] == "cpu" and entry["pid"] != os.getpid()
+        assert psutil.Process(entry["pid"]).nice() == 0  # not Ray's nice 15 for workers: they are the app's work
     client.predict("cascade", api_name="/unload")
     wait_for(lambda: all(m["placement"] == "disk" for r in replicas(client) for m in r["models"]
                          if m["name"].startswith("cascade.")), "cascade unloaded on every replica", 20)

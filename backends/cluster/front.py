@@ -98,6 +98,12 @@ def connect(config: ClusterConfig) -> ClusterRunner:
     local = config.address == "local"
     if not local:
         _reachable(config.address)
+    if local:
+        # Ray starts its workers at nice 15, below everything else on the machine: a replica then
+        # waits whenever the app (or GCS, or a browser) wants a core, and its GPU idles meanwhile.
+        # The replicas are the app's real work. Measured on the 2-core machine, one tiny image
+        # through a replica: 1.09-1.14x in-process at nice 15, 1.05-1.06x at 0.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         if local:
             gpus = _local_gpus()
