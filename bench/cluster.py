@@ -66,10 +66,10 @@ GOAL_OVERHEAD = 1.05
 CPU_REPLICAS = 2
 #: Warm-up rounds per family before giving up on a replica that never got it.
 WARMUP_ROUNDS = 4
-#: Seconds to wait for the board to show a warm-up (replicas beat every 0.5 s).
+#: Seconds to wait for the board to show a warm-up (a replica's status there is at most 1 s old).
 BOARD_WAIT_S = 5.0
 #: Seconds for two heartbeats, so the placement read at the end follows the last job.
-SETTLE_S = 1.0
+SETTLE_S = 2.0
 #: Child attempts when the cluster cannot be started, and the wait between them.
 START_ATTEMPTS = 3
 START_RETRY_S = 20.0

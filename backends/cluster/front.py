@@ -120,7 +120,7 @@ def connect(config: ClusterConfig) -> ClusterRunner:
     per_replica = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     # On the app's own node, which lives as long as the app: a board on a LAN machine that is
     # switched off would take /status and Stop with it. Restarted should it die anyway; the
-    # replicas' next heartbeats (every 0.5 s) fill it again.
+    # replicas' next heartbeats (within a second) fill it again.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     board = ray.remote(Board).options(name=NAME, get_if_exists=True, num_cpus=0, max_restarts=-1,
                                       scheduling_strategy=here).remote()

@@ -16,10 +16,10 @@ step, ``("item", chunk)`` for each chunk of a streaming task (chat), and at the 
 ``StudioError`` the backend raised (an ``InputError`` still names its field). Jobs run one at a
 time on one worker thread: the device is never shared by two jobs, as in-process.
 
-Stop reaches a running job through the board (``backends.cluster.board``): the heartbeat thread
-sets the job's flag and the job's next progress report raises ``Cancelled`` inside the backend,
-which keeps finished images as it does in-process. A cancelled request (a closed client) sets the
-same flag.
+Stop reaches a running job through the board (``backends.cluster.board``): the heartbeat
+thread, waiting there, is answered at once and sets the job's flag, and the job's next progress
+report raises ``Cancelled`` inside the backend, which keeps finished images as it does
+in-process. A cancelled request (a closed client) sets the same flag.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from backends.runtime.errors import Cancelled, StudioError
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between heartbeats (status out, Stop and unload requests in).
-BEAT_S = 0.5
+#: Seconds a heartbeat waits on the board for a Stop or unload request (then it sends a fresh
+#: status and waits again): how old ``/status`` can be, not how long Stop takes.
+BEAT_S = 1.0
 #: Seconds a job's events gather before they travel as one message (``batches``): with chat
 #: pieces among them, and progress alone.
 ITEM_S = 0.03
@@ -207,12 +208,14 @@ class StudioReplica:
                 board = board or ray.get_actor(NAME)
                 with self._lock:
                     running = list(self._jobs)
-                asks = ray.get(board.beat.remote(self.replica_id, self.status(), running), timeout=10)
+                # A long poll (``board.Board.beat``): it returns at once when a request is posted.
+                asks = ray.get(board.beat.remote(self.replica_id, self.status(), running, BEAT_S),
+                               timeout=BEAT_S + 10)
                 self._apply(asks)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the replica keeps serving
                 logger.debug("heartbeat failed", exc_info=True)
                 board = None
-            threading.Event().wait(BEAT_S)
+                threading.Event().wait(BEAT_S)
 
     def _apply(self, asks: dict[str, list[str]]) -> None:
         with self._lock:

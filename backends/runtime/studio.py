@@ -286,7 +286,8 @@ class Studio:
         """Drop a component, a whole backend (``cascade``) or ``all`` from memory; return status.
 
         With ``--cluster`` the replicas hold the models: every live one, or only ``replica``, is
-        asked to unload (their next heartbeat does it; ``/status`` shows it a second later).
+        asked to unload (their heartbeat, waiting on the cluster's board, is answered at once;
+        ``/status`` shows it within a second).
         """
         name = name.strip()
         if self.cluster is not None:
