@@ -11,7 +11,8 @@
 * **overhead**: one tiny image through a replica against the same request in-process (a Studio
   without ``--cluster``, same thread count), median of ``--runs``, interleaved; goal <= 1.05x.
   The replica's own compute time (``info["timings"]["total"]``) splits it into compute and the
-  rest (routing, progress events, pickling the result).
+  rest (routing, progress events, pickling the result); an empty streaming call to the same
+  replicas (``ping``) shows how much of the rest is Serve's own.
 
 How it runs, and why:
 
@@ -36,6 +37,7 @@ be started (another session's Ray starting at the same moment); any other failur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -250,7 +252,7 @@ def measure_cluster(options: BenchOptions, replicas: int, quick: bool) -> dict[s
         studio = Studio(StudioConfig(**fields, cluster="local", replicas=replicas), FAMILIES)
         from backends.cluster.front import attach  # the child alone imports Ray
 
-        attach(studio)
+        runner = attach(studio)
         startup = time.perf_counter() - started
     try:
         loading.result()
@@ -275,6 +277,8 @@ def measure_cluster(options: BenchOptions, replicas: int, quick: bool) -> dict[s
 
         overhead = measure({"replica": lambda: image(studio, "replica"),
                             "in_process": lambda: image(local, "in_process")}, options)
+        pings = dataclasses.replace(options, runs=options.runs * 4)  # a few ms each: more runs, a steadier median
+        floor = measure({"ping": lambda: list(runner.handle.options(stream=True).ping.remote())}, pings)
         time.sleep(SETTLE_S)  # a fresh beat from every replica after the last job
         placement = [{"name": r["name"], "pid": r["pid"], "node": r["node"], "device": r["device"],
                       "state": r["state"], "models": {m["name"]: m["placement"] for m in r["models"]}}
@@ -294,7 +298,8 @@ def measure_cluster(options: BenchOptions, replicas: int, quick: bool) -> dict[s
         "overhead": {**overhead, "ratio": overhead["replica"]["median_s"] / overhead["in_process"]["median_s"],
                      "goal_ratio_max": GOAL_OVERHEAD, "replica_compute_s": remote_compute,
                      "in_process_compute_s": median(compute["in_process"][-options.runs:]),
-                     "transport_s": overhead["replica"]["median_s"] - remote_compute},
+                     "transport_s": overhead["replica"]["median_s"] - remote_compute,
+                     "serve_call_s": floor["ping"]["median_s"]},
         "placement": placement,
     }
 
@@ -360,7 +365,9 @@ def report(result: dict[str, Any]) -> str:
              f"(goal >= {result['goal_throughput_ratio_min']:.1f}; scaling {result['scaling_efficiency']:.0%})",
              f"overhead, one tiny image: through a replica {o['replica']['median_s']:.3f} s (its compute "
              f"{o['replica_compute_s']:.3f} s) against in-process {o['in_process']['median_s']:.3f} s "
-             f"(compute {o['in_process_compute_s']:.3f} s): {o['ratio']:.2f}x (goal <= {o['goal_ratio_max']})"]
+             f"(compute {o['in_process_compute_s']:.3f} s): {o['ratio']:.2f}x (goal <= {o['goal_ratio_max']}); "
+             f"transport {o['transport_s'] * 1000:.1f} ms, of which an empty Serve call "
+             f"{o['serve_call_s'] * 1000:.1f} ms"]
     for replica in result["placement"]:
         loaded = sorted(name for name, place in replica["models"].items() if place != "disk")
         families = sorted({name.split(".")[0] for name in loaded})

@@ -139,6 +139,11 @@ class StudioReplica:
         self.studio.registry.backend(family)
         return family
 
+    async def ping(self) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """One empty message, as ``run`` streams them: what a call costs before any work (the
+        cluster bench's floor for its overhead figure)."""
+        yield []
+
     # ----- jobs ---------------------------------------------------------------------------------
     async def run(self, job: str, task: str, request: Any, streaming: bool) -> AsyncIterator[list[tuple[Any, ...]]]:
         """Run ``task`` on this replica's registry, yielding its events (see the module docstring)."""

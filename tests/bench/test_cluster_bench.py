@@ -64,6 +64,7 @@ def test_quick_run_times_both_configurations_on_two_replicas(
     assert 0 < overhead["replica_compute_s"] <= overhead["replica"]["median_s"]
     assert overhead["transport_s"] == pytest.approx(overhead["replica"]["median_s"] - overhead["replica_compute_s"])
     assert 0 < overhead["in_process_compute_s"] <= overhead["in_process"]["median_s"]
+    assert 0 < overhead["serve_call_s"] < overhead["replica"]["median_s"]  # an empty call: less than a job
 
     placement = result["placement"]
     assert len(placement) == 2 and {p["name"] for p in placement} == set(two["replicas_used"])
