@@ -7,6 +7,7 @@ the 2-core CI machine); an in-process app on the same tiny models gives the refe
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -158,6 +159,7 @@ def test_status_lists_both_replicas_and_unload_reaches_them(cluster: tuple[Any, 
 def test_stop_ends_the_remote_job_and_saves_nothing(cluster: tuple[Any, Client, Path]) -> None:
     _, client, outputs = cluster
     client.predict(*IMAGE.values(), api_name="/generate_image")  # loaded: what follows times the stop
+    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle", 30)  # /status: <= 1 s old
     before = set(outputs.rglob("*.png"))
     job = client.submit(*LONG.values(), api_name="/generate_image")
     busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the long job running on a replica")
@@ -168,8 +170,35 @@ def test_stop_ends_the_remote_job_and_saves_nothing(cluster: tuple[Any, Client, 
     assert info["seed"] == 9 and set(outputs.rglob("*.png")) - before == {Path(info["files"][0])}
 
 
+def test_a_replica_killed_mid_chat_goes_on_with_the_reply_on_the_other(cluster: tuple[Any, Client, Path],
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    _, client, _ = cluster
+    caplog.set_level(logging.WARNING, logger="backends.cluster.front")
+    client.predict("Hello", [], SYSTEM, 0.7, 0.95, 8, api_name="/chat")  # the model loaded on some replica
+    # /status is up to a second old: the short chat must be gone from it before the image is looked for.
+    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle", 30)
+    image = client.submit(*LONG.values(), api_name="/generate_image")  # keeps one replica busy
+    busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the long image on a replica")[0]
+    talker = next(r for r in replicas(client) if r["state"] == "live" and r["name"] != busy["name"])
+    chat = client.submit("Write a very long story about the sea", [], SYSTEM, 0.7, 0.95, 2000, api_name="/chat")
+    shown = wait_for(lambda: job_text(chat), "the first words of the chat", 120)  # on the free replica
+    os.kill(talker["pid"], signal.SIGKILL)
+    reply = chat.result(timeout=300)  # sampled (no seed given), yet the retry repeats what was shown
+    assert reply.startswith(shown) and len(reply) > len(shown), (shown[-40:], reply[:80])
+    assert any("retrying once on another, replaying" in r.getMessage() for r in caplog.records)  # killed mid-reply
+    assert image.result(timeout=300)[1]["seed"] == LONG["seed"]
+    wait_for(lambda: len([r for r in replicas(client) if r["state"] == "live" and r["pid"] != talker["pid"]]) == 2,
+             "Serve restarting the killed replica", 120)
+
+
+def job_text(job: Any) -> str:
+    outputs = job.outputs()
+    return outputs[-1] if outputs and isinstance(outputs[-1], str) else ""
+
+
 def test_a_replica_killed_mid_job_errs_or_retries_and_comes_back(cluster: tuple[Any, Client, Path]) -> None:
     _, client, _ = cluster
+    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle", 30)  # /status: <= 1 s old
     job = client.submit(*dict(LONG, prior_steps=60, decoder_steps=20).values(), api_name="/generate_image")
     busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the job running on a replica")[0]
     os.kill(busy["pid"], signal.SIGKILL)

@@ -12,13 +12,17 @@ replica that already holds the family. Progress events call the tab's ``progress
 when that raises ``Cancelled`` (Stop, or the page closed), the runner posts a Stop for the job on
 the board and keeps reading, so the backend ends the job itself and what it finished still comes
 back. A replica that dies mid-job (killed, OOM-killed, its node gone) gets the job one retry on
-another replica, and a clear error if that fails too; Serve restarts the replica.
+another replica, and a clear error if that fails too; Serve restarts the replica. A chat that
+had already streamed words is retried too: with its seed fixed up front (``replayable``), the
+retry repeats those words, which are checked and skipped, and the reply goes on where it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -53,6 +57,12 @@ class ClusterConfig:
 
 
 def _ray() -> Any:
+    """Ray, imported with token authentication on unless the environment says otherwise.
+
+    Ray reads ``RAY_AUTH_MODE`` once, when it is first imported, and every process it starts
+    inherits it; so every import of Ray here goes through this.
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
     except ImportError as error:
@@ -86,8 +96,6 @@ def connect(config: ClusterConfig) -> ClusterRunner:
     Raises:
         ClusterUnavailable: Ray is missing, the address cannot be reached, or the token is refused.
     """
-    # Ray reads the mode when it is imported; every process it starts inherits it.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray = _ray()
     from ray import serve
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -174,6 +182,30 @@ def _unreachable(address: str, error: BaseException) -> str:
             "on the head machine and `ray start --address=HEAD:6379` on the others, or use --cluster local.")
 
 
+_NEW = object()  # a retried stream is past the items already delivered
+
+
+def lost_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors for a call whose replica died under it (killed, OOM-killed, its node gone)."""
+    _ray()
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+def replayable(request: Any) -> Any:
+    """``request`` with a seed drawn here if it leaves its seed to chance (a sampled chat).
+
+    A stream that loses its replica is run again on another and the pieces already shown are
+    skipped, which needs the same pieces: the same seed (and the same thread count, which every
+    replica has). The seed is drawn as the backend would draw it, so replies vary as before.
+    """
+    fields = {field.name for field in dataclasses.fields(request)} if dataclasses.is_dataclass(request) else set()
+    if "seed" in fields and getattr(request, "seed") is None:
+        return dataclasses.replace(request, seed=secrets.randbelow(2**63))
+    return request
+
+
 class ClusterRunner:
     """Runs the registry's jobs on the replicas (``Registry.remote``)."""
 
@@ -197,26 +229,39 @@ class ClusterRunner:
 
     def _events(self, family: str, task: str, request: Any, progress: ProgressFn,
                 streaming: bool) -> Iterator[tuple[Any, ...]]:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
-        lost = (ActorDiedError, ActorUnavailableError, RayActorError)
+        lost = lost_errors()
+        what = task.replace("_", " ")
+        if streaming:
+            request = replayable(request)
+        delivered: list[Any] = []  # a stream's items so far: a retry must give these again first
         for attempt in (1, 2):
             job = uuid.uuid4().hex
             events = self.handle.options(multiplexed_model_id=family, stream=True).run.remote(
                 job, task, request, streaming)
-            delivered = False
+            replay = iter(list(delivered))
             try:
                 for event in self._read(job, events, progress):
-                    delivered = delivered or event[0] == "item"
+                    if event[0] == "item":
+                        shown = next(replay, _NEW)
+                        if shown is not _NEW:
+                            if event[1] != shown:
+                                raise ReplicaLost(f"The replica running this {what} stopped, and the retry on "
+                                                  "another replica did not repeat the words already shown. Try "
+                                                  "again; the other replicas keep serving.")
+                            continue
+                        delivered.append(event[1])
                     yield event
+                if next(replay, _NEW) is not _NEW:
+                    raise ReplicaLost(f"The replica running this {what} stopped, and the retry on another replica "
+                                      "ended before the words already shown. Try again.")
                 return
             except lost as error:
-                # A chat that already streamed text cannot start again unseen; anything else can.
-                if attempt == 2 or delivered:
-                    raise ReplicaLost(f"The replica running this {task.replace('_', ' ')} job stopped "
-                                      f"({type(error).__name__}); the cluster is restarting it. Try again "
-                                      "in a minute; the other replicas keep serving.") from error
-                logger.warning("replica lost during %s (%s); retrying once on another", task, type(error).__name__)
+                if attempt == 2:
+                    raise ReplicaLost(f"The replica running this {what} job stopped ({type(error).__name__}); the "
+                                      "cluster is restarting it. Try again in a minute; the other replicas keep "
+                                      "serving.") from error
+                logger.warning("replica lost during %s (%s); retrying once on another%s", task,
+                               type(error).__name__, f", replaying {len(delivered)} pieces" if delivered else "")
             finally:
                 events.cancel()
 
