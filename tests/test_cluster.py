@@ -171,6 +171,7 @@ def test_stop_ends_the_remote_job_and_saves_nothing(cluster: tuple[Any, Client, 
 
 
 def test_a_replica_killed_mid_chat_goes_on_with_the_reply_on_the_other(cluster: tuple[Any, Client, Path],
+                                                                       local: Client,
                                                                        caplog: pytest.LogCaptureFixture) -> None:
     _, client, _ = cluster
     caplog.set_level(logging.WARNING, logger="backends.cluster.front")
@@ -180,11 +181,15 @@ def test_a_replica_killed_mid_chat_goes_on_with_the_reply_on_the_other(cluster: 
     image = client.submit(*LONG.values(), api_name="/generate_image")  # keeps one replica busy
     busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the long image on a replica")[0]
     talker = next(r for r in replicas(client) if r["state"] == "live" and r["name"] != busy["name"])
-    chat = client.submit("Write a very long story about the sea", [], SYSTEM, 0.7, 0.95, 2000, api_name="/chat")
+    # Greedy, so that the reply is long (a sampled one can end at any token) and has a reference;
+    # a sampled chat's seed, fixed for the retry, is tests/backends/cluster/test_retry.py's.
+    inputs = ("Write a long poem about the sea", [], SYSTEM, 0, 1.0, 1500)
+    chat = client.submit(*inputs, api_name="/chat")
     shown = wait_for(lambda: job_text(chat), "the first words of the chat", 120)  # on the free replica
     os.kill(talker["pid"], signal.SIGKILL)
-    reply = chat.result(timeout=300)  # sampled (no seed given), yet the retry repeats what was shown
+    reply = chat.result(timeout=300)
     assert reply.startswith(shown) and len(reply) > len(shown), (shown[-40:], reply[:80])
+    assert reply == local.predict(*inputs, api_name="/chat")  # nothing lost or shown twice at the seam
     assert any("retrying once on another, replaying" in r.getMessage() for r in caplog.records)  # killed mid-reply
     assert image.result(timeout=300)[1]["seed"] == LONG["seed"]
     wait_for(lambda: len([r for r in replicas(client) if r["state"] == "live" and r["pid"] != talker["pid"]]) == 2,

@@ -11,8 +11,8 @@ requests, falling back to any replica with room when none that holds it is free.
 
 ``run`` is a streaming method: its events are ``("progress", stage, step, total)`` for every
 step, ``("item", chunk)`` for each chunk of a streaming task (chat), and at the end
-``("result", r)`` or ``("error", e)``; it yields them in lists, a few a second (see
-``batches``). Errors travel as values, not as Ray task errors, so the app re-raises the very
+``("result", r)`` or ``("error", e)``; it yields them in lists, a few a second
+(``backends.cluster.outbox``). Errors travel as values, not as Ray task errors, so the app re-raises the very
 ``StudioError`` the backend raised (an ``InputError`` still names its field). Jobs run one at a
 time on one worker thread: the device is never shared by two jobs, as in-process.
 
@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from backends.cluster.outbox import Outbox
 from backends.runtime.errors import Cancelled, StudioError
 
 logger = logging.getLogger(__name__)
@@ -40,59 +41,6 @@ logger = logging.getLogger(__name__)
 #: Seconds a heartbeat waits on the board for a Stop or unload request (then it sends a fresh
 #: status and waits again): how old ``/status`` can be, not how long Stop takes.
 BEAT_S = 1.0
-#: Seconds a job's events gather before they travel as one message (``batches``): with chat
-#: pieces among them, and progress alone.
-ITEM_S = 0.03
-PROGRESS_S = 0.1
-
-
-def _final(event: tuple[Any, ...] | None) -> bool:
-    return event is None or event[0] in ("result", "error")
-
-
-async def batches(events: asyncio.Queue[tuple[Any, ...] | None], loop: asyncio.AbstractEventLoop,
-                  started: float) -> AsyncIterator[list[tuple[Any, ...]]]:
-    """A job's events (``None`` ends them) gathered into messages.
-
-    Each message through Serve's stream costs the two processes about 0.6 ms of Python
-    (serializing, routing, the app's reading; 4.6 ms for a job's first), beside the jobs on the
-    same cores. Sent one per token or step, a 128-token tiny reply took 0.17 s remote against
-    0.08 s in-process, and two replicas at once fought the app for two cores. So a message goes:
-
-    * at once for a job's first chat piece (the time to the first word is what a user feels),
-      and for its result or error (a finished job never waits);
-    * else when ``ITEM_S`` has passed since the last message, if it holds chat pieces: the Chat
-      tab shows one update per ``tabs.chat.UPDATE_INTERVAL_S`` (0.03 s) anyway;
-    * else (progress only) when ``PROGRESS_S`` has passed: ten steps a second still move the bar
-      smoothly, and a short job (a tiny image: 0.13 s) costs one progress message, not seven.
-    """
-    last = started
-    pieces_sent = False
-    ended = False
-    while not ended:
-        batch = [await events.get()]
-        pieces = batch[0] is not None and batch[0][0] == "item"
-        if not _final(batch[0]) and (pieces_sent or not pieces):
-            try:
-                async with asyncio.timeout_at(last + (ITEM_S if pieces else PROGRESS_S)) as window:
-                    while not _final(batch[-1]):
-                        batch.append(await events.get())
-                        if not pieces and batch[-1] is not None and batch[-1][0] == "item":
-                            pieces = True
-                            if not pieces_sent:
-                                break
-                            window.reschedule(last + ITEM_S)
-            except TimeoutError:
-                pass
-        while not events.empty():
-            batch.append(events.get_nowait())
-        ended = batch[-1] is None
-        last = loop.time()
-        pieces_sent = pieces_sent or pieces
-        if sent := [event for event in batch if event is not None]:
-            yield sent
-
-
 def portable(error: BaseException) -> BaseException:
     """``error`` if it survives pickling (what the app re-raises), else a ``StudioError`` saying what it was."""
     try:
@@ -150,15 +98,12 @@ class StudioReplica:
         from ray import serve
 
         await self._multiplexed(serve.get_multiplexed_model_id())
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        events: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+        outbox = Outbox(asyncio.get_running_loop())
         stop = threading.Event()
         with self._lock:
             self._jobs[job] = stop
 
-        def put(event: tuple[Any, ...] | None) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+        put = outbox.put
 
         def progress(stage: str, step: int, total: int) -> None:
             if stop.is_set():
@@ -182,9 +127,9 @@ class StudioReplica:
             finally:
                 put(None)
 
-        loop.run_in_executor(self._pool, work)
+        asyncio.get_running_loop().run_in_executor(self._pool, work)
         try:
-            async for batch in batches(events, loop, started):
+            async for batch in outbox.messages():
                 yield batch
         finally:
             stop.set()  # a cancelled request (the client went away) ends the job at its next step

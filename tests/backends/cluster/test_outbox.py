@@ -1,18 +1,19 @@
-"""How a replica groups a job's events into Serve messages (``backends.cluster.replica.batches``).
+"""How a replica groups a job's events into Serve messages (``backends.cluster.outbox``).
 
-No Ray here: ``batches`` reads an asyncio queue, so these feed one on a plain event loop. The
-ordering checks put every event before reading, so they do not depend on timing; the timed
-ones bound the count of messages from above (a window can only merge more on a slow machine)
-or wait far less than a window.
+No Ray here: an ``Outbox`` lives on a plain event loop, fed from a thread as a replica's job
+feeds it. The ordering checks hand every event over before reading, so they do not depend on
+timing; the timed ones bound the count of messages from above (a window can only merge more on a
+slow machine) or wait far less than a window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
-from backends.cluster.replica import ITEM_S, PROGRESS_S, batches
+from backends.cluster.outbox import ITEM_S, PROGRESS_S, Outbox
 
 
 def progress(step: int) -> tuple[Any, ...]:
@@ -25,26 +26,29 @@ def item(text: str) -> tuple[Any, ...]:
 
 async def collect(events: list[tuple[Any, ...] | None], gaps: float = 0.0) -> tuple[list[list[tuple[Any, ...]]],
                                                                                   list[float]]:
-    """Feed ``events`` (all at once, or ``gaps`` seconds apart); the messages and when each came."""
+    """Hand ``events`` over (all at once, or from a thread ``gaps`` seconds apart); the messages
+    and when each came, in seconds since the job began."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[Any, ...] | None] = asyncio.Queue()
+    outbox = Outbox(loop)
     started = loop.time()
 
-    async def feed() -> None:
+    def feed() -> None:
         for event in events:
-            queue.put_nowait(event)
-            if gaps:
-                await asyncio.sleep(gaps)
+            outbox.put(event)
+            time.sleep(gaps)
 
-    feeding = asyncio.ensure_future(feed()) if gaps else None
-    if not gaps:
-        await feed()
+    feeder = threading.Thread(target=feed) if gaps else None
+    if feeder is None:
+        for event in events:
+            outbox.put(event)
+    else:
+        feeder.start()
     messages, times = [], []
-    async for message in batches(queue, loop, started):
+    async for message in outbox.messages():
         messages.append(message)
         times.append(loop.time() - started)
-    if feeding is not None:
-        await feeding
+    if feeder is not None:
+        feeder.join()
     return messages, times
 
 
