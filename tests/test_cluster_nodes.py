@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import psutil
 import pytest
 from gradio_client import Client
 
@@ -64,7 +65,7 @@ def nodes_alive(env: dict[str, str], address: str) -> int:
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], str, Any]]:
     port = free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_worker_niceness="0")
     address = f"127.0.0.1:{port}"
     with ray_node(env, "--head", f"--port={port}", "--include-dashboard=false"):
         deadline = time.monotonic() + 120
@@ -132,6 +133,7 @@ def test_two_replicas_on_two_nodes_serve_and_outlive_one_node(
         listed = wait_for(lambda: [r for r in replicas(client) if r["state"] == "live"][1:] and replicas(client),
                           "both replicas live")
         assert len({r["node_id"] for r in listed}) == 2, listed  # one on each node
+        assert all(psutil.Process(r["pid"]).nice() == 0 for r in listed)  # the README's RAY_worker_niceness=0
         busy = client.submit("Write a long poem about the sea", [], SYSTEM, 0, 1.0, 1500, api_name="/chat")
         chatting = wait_for(lambda: [r["name"] for r in replicas(client) if r["jobs"]], "the chat on a replica")
         image = client.predict(*IMAGE.values(), api_name="/generate_image")
