@@ -8,7 +8,11 @@ traceback and reported with its type, so the user has something to search for.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -295,3 +299,30 @@ def widen_gpu_queue(demo: gr.Blocks, slots: int) -> None:
     for fn in demo.fns.values():
         if fn.concurrency_id == GPU_QUEUE["concurrency_id"]:
             fn.concurrency_limit = slots
+
+
+def picture_file(picture: Any) -> str | None:
+    """``picture`` (a PIL image, or None) as a WebP in gradio's upload folder, for an output.
+
+    Handed a PIL image, gradio 6.31 writes it at a path named by its content with a plain
+    ``write_bytes``, every time. The same picture shown twice in a row (a preview that runs
+    twice) then truncates the file while the browser is still fetching the first copy: the
+    browser gets a broken image and the server logs "Response content longer than
+    Content-Length" (seen once in CI, the Variation tab's preview). This writes the file once,
+    atomically (a temporary name, then ``os.replace``), and gradio copies a path it is handed
+    the same careful way (``processing_utils.save_file_to_cache``).
+    """
+    if picture is None:
+        return None
+    encoded = io.BytesIO()
+    picture.save(encoded, format="WEBP")  # what gradio's own Image output would have sent
+    data = encoded.getvalue()
+    folder = Path(get_upload_folder()) / "previews"
+    target = folder / f"{hashlib.sha256(data).hexdigest()[:40]}.webp"
+    if not target.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(dir=folder, prefix=".preview-", suffix=".webp")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(staging, target)
+    return str(target)

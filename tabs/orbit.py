@@ -18,7 +18,6 @@ from typing import Any
 
 import gradio as gr
 from gradio.data_classes import FileDataDict
-from PIL import Image
 
 from backends.runtime.studio import Studio
 from backends.sv3d.requests import MAX_STEPS, PATHS, VARIANTS, OrbitRequest, prepare_object
@@ -30,6 +29,7 @@ from tabs.common import (
     gradio_progress,
     on_gpu,
     on_page_load,
+    picture_file,
     session_of,
     standalone,
     uploaded_path,
@@ -73,13 +73,14 @@ def generate(studio: Studio, inputs: list[Any], request: gr.Request | None,
         return gr.skip(), gr.skip(), gr.skip()  # the previous orbit stays; nothing was saved
 
 
-def preview(studio: Studio, image: Any) -> Image.Image | None:
-    """The picture as the model will see it; None when no file is chosen."""
+def preview(studio: Studio, image: Any) -> str | None:
+    """The picture as the model will see it (its file: ``common.picture_file``); None when no
+    file is chosen."""
     if image is None:
         return None
     size = studio.preset.settings.sv3d.defaults.size
     fitted, _, _ = user_errors("Orbit input", lambda: prepare_object(image, size))
-    return fitted
+    return picture_file(fitted)
 
 
 def recent_orbits(studio: Studio) -> list[str]:

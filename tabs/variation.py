@@ -55,6 +55,7 @@ from tabs.common import (
     labelled,
     on_gpu,
     on_page_load,
+    picture_file,
     standalone,
     uploaded_path,
     user_errors,
@@ -110,14 +111,15 @@ def img2img(studio: Studio, inputs: list[Any], previews: Any, request: gr.Reques
                          previews, request, progress, what="img2img")
 
 
-def preview(path: Any) -> tuple[Image.Image | None, Any]:
+def preview(path: Any) -> tuple[str | None, Any]:
     """The chosen picture as the models will see it (upright, RGB, transparency on white).
 
     A file that cannot be used is refused at once: a warning naming the field, no preview, and
     the file taken back out of the input, so the user picks another (the tab stays usable).
 
     Returns:
-        The preview (None for no file), and the input's new value (``gr.skip()`` to keep it).
+        The preview's file (``common.picture_file``; None for no file), and the input's new
+        value (``gr.skip()`` to keep it).
     """
     if path is None:
         return None, gr.skip()
@@ -130,7 +132,7 @@ def preview(path: Any) -> tuple[Image.Image | None, Any]:
             return None
 
     picture = user_errors("Input preview", read)
-    return picture, (gr.skip() if picture is not None else None)
+    return picture_file(picture), (gr.skip() if picture is not None else None)
 
 
 def _task_of(path: Path) -> str | None:

@@ -53,6 +53,7 @@ from tabs.common import (
     labelled,
     on_gpu,
     on_page_load,
+    picture_file,
     session_of,
     standalone,
     uploaded_path,
@@ -91,8 +92,9 @@ def generate(studio: Studio, inputs: list[Any], fit: str, gif: bool, request: gr
         return gr.skip(), gr.skip()  # the previous video stays; nothing was saved
 
 
-def preview(studio: Studio, image: Any, fit: str) -> tuple[Image.Image | None, Any]:
-    """The picture as the model will see it, and the input's new value (``gr.skip()``: kept).
+def preview(studio: Studio, image: Any, fit: str) -> tuple[str | None, Any]:
+    """The picture as the model will see it (its file: ``common.picture_file``), and the input's
+    new value (``gr.skip()``: kept).
 
     An unusable picture (unreadable, too small, too large) is refused when it is chosen: a
     warning naming the field (not an error dialog), no preview, and the file taken back out of
@@ -110,7 +112,7 @@ def preview(studio: Studio, image: Any, fit: str) -> tuple[Image.Image | None, A
             return None
 
     picture = user_errors("Video input", fitted)
-    return picture, (gr.skip() if picture is not None else None)
+    return picture_file(picture), (gr.skip() if picture is not None else None)
 
 
 def recent_videos(studio: Studio) -> list[str]:
