@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -22,6 +20,7 @@ from gradio.utils import get_upload_folder
 
 from backends.runtime import zerogpu
 from backends.runtime.errors import Cancelled, InputError, StudioError
+from backends.runtime.outputs import atomic_write
 from backends.runtime.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -309,7 +308,7 @@ def picture_file(picture: Any) -> str | None:
     twice) then truncates the file while the browser is still fetching the first copy: the
     browser gets a broken image and the server logs "Response content longer than
     Content-Length" (seen once in CI, the Variation tab's preview). This writes the file once,
-    atomically (a temporary name, then ``os.replace``), and gradio copies a path it is handed
+    atomically (``outputs.atomic_write``), and gradio copies a path it is handed
     the same careful way (``processing_utils.save_file_to_cache``).
     """
     if picture is None:
@@ -321,8 +320,5 @@ def picture_file(picture: Any) -> str | None:
     target = folder / f"{hashlib.sha256(data).hexdigest()[:40]}.webp"
     if not target.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=folder, prefix=".preview-", suffix=".webp")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(staging, target)
+        atomic_write(target, lambda staging: staging.write_bytes(data), folder)
     return str(target)

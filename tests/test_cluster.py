@@ -59,6 +59,13 @@ def replicas(client: Client) -> list[dict[str, Any]]:
     return client.predict(api_name="/status")["replicas"]
 
 
+def wait_idle(client: Client, what: str = "every replica idle") -> None:
+    """Until ``/status`` lists no job: it is up to a second old (a replica's heartbeat), so a job
+    that just ended can still be listed, and a test looking for "the replica with a job" would
+    find the wrong one."""
+    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), what, 30)
+
+
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,7 +128,7 @@ def test_stop_ends_a_streaming_chat_on_its_replica(cluster: tuple[Any, Client, P
     wait_for(lambda: job.outputs(), "the first words of the chat", 120)
     job.cancel()
     wait_for(lambda: job.done(), "the chat ending after Stop", 30)
-    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle after Stop", 30)
+    wait_idle(client, "every replica idle after Stop")
     assert client.predict("Hello", [], SYSTEM, 0, 1.0, 8, api_name="/chat")
 
 
@@ -159,7 +166,7 @@ def test_status_lists_both_replicas_and_unload_reaches_them(cluster: tuple[Any, 
 def test_stop_ends_the_remote_job_and_saves_nothing(cluster: tuple[Any, Client, Path]) -> None:
     _, client, outputs = cluster
     client.predict(*IMAGE.values(), api_name="/generate_image")  # loaded: what follows times the stop
-    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle", 30)  # /status: <= 1 s old
+    wait_idle(client)
     before = set(outputs.rglob("*.png"))
     job = client.submit(*LONG.values(), api_name="/generate_image")
     busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the long job running on a replica")
@@ -176,8 +183,7 @@ def test_a_replica_killed_mid_chat_goes_on_with_the_reply_on_the_other(cluster: 
     _, client, _ = cluster
     caplog.set_level(logging.WARNING, logger="backends.cluster.front")
     client.predict("Hello", [], SYSTEM, 0.7, 0.95, 8, api_name="/chat")  # the model loaded on some replica
-    # /status is up to a second old: the short chat must be gone from it before the image is looked for.
-    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle", 30)
+    wait_idle(client)  # the short chat gone from /status before the image's replica is looked for
     image = client.submit(*LONG.values(), api_name="/generate_image")  # keeps one replica busy
     busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the long image on a replica")[0]
     talker = next(r for r in replicas(client) if r["state"] == "live" and r["name"] != busy["name"])
@@ -203,7 +209,7 @@ def job_text(job: Any) -> str:
 
 def test_a_replica_killed_mid_job_errs_or_retries_and_comes_back(cluster: tuple[Any, Client, Path]) -> None:
     _, client, _ = cluster
-    wait_for(lambda: not any(r["jobs"] for r in replicas(client)), "every replica idle", 30)  # /status: <= 1 s old
+    wait_idle(client)
     job = client.submit(*dict(LONG, prior_steps=60, decoder_steps=20).values(), api_name="/generate_image")
     busy = wait_for(lambda: [r for r in replicas(client) if r["jobs"]], "the job running on a replica")[0]
     os.kill(busy["pid"], signal.SIGKILL)

@@ -12,9 +12,10 @@ requests, falling back to any replica with room when none that holds it is free.
 ``run`` is a streaming method: its events are ``("progress", stage, step, total)`` for every
 step, ``("item", chunk)`` for each chunk of a streaming task (chat), and at the end
 ``("result", r)`` or ``("error", e)``; it yields them in lists, a few a second
-(``backends.cluster.outbox``). Errors travel as values, not as Ray task errors, so the app re-raises the very
-``StudioError`` the backend raised (an ``InputError`` still names its field). Jobs run one at a
-time on one worker thread: the device is never shared by two jobs, as in-process.
+(``backends.cluster.outbox``). Errors travel as values, not as Ray task errors, so the app
+re-raises the very ``StudioError`` the backend raised (an ``InputError`` still names its
+field). Jobs run one at a time on one worker thread: the device is never shared by two jobs, as
+in-process.
 
 Stop reaches a running job through the board (``backends.cluster.board``): the heartbeat
 thread, waiting there, is answered at once and sets the job's flag, and the job's next progress
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 #: Seconds a heartbeat waits on the board for a Stop or unload request (then it sends a fresh
 #: status and waits again): how old ``/status`` can be, not how long Stop takes.
 BEAT_S = 1.0
+
+
 def portable(error: BaseException) -> BaseException:
     """``error`` if it survives pickling (what the app re-raises), else a ``StudioError`` saying what it was."""
     try:
@@ -103,29 +106,27 @@ class StudioReplica:
         with self._lock:
             self._jobs[job] = stop
 
-        put = outbox.put
-
         def progress(stage: str, step: int, total: int) -> None:
             if stop.is_set():
                 raise Cancelled("Stopped by the user.")
-            put(("progress", stage, step, total))
+            outbox.put(("progress", stage, step, total))
 
         def work() -> None:
             try:
                 if streaming:
                     for item in self.studio.registry.stream(task, request, progress):
-                        put(("item", item))
+                        outbox.put(("item", item))
                         if stop.is_set():
                             break
                 else:
                     result = self.studio.registry.run(task, request, progress)
                     if isinstance(getattr(result, "info", None), dict):
                         result.info["replica"] = {"name": self.replica_id, "node": self.node}
-                    put(("result", result))
+                    outbox.put(("result", result))
             except BaseException as error:  # noqa: BLE001 - every failure goes back to the app
-                put(("error", portable(error)))
+                outbox.put(("error", portable(error)))
             finally:
-                put(None)
+                outbox.put(None)
 
         asyncio.get_running_loop().run_in_executor(self._pool, work)
         try:
